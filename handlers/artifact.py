@@ -1,0 +1,70 @@
+"""The artifact directory: trained weights plus ``pipeline.json``, the manifest that says how to serve them.
+
+An artifact is what training writes and what both archive builders ship unchanged. The manifest records the
+task, labels, preprocessing parameters, the weight format and a SHA-256 of every file, so a server refuses a
+corrupted or tampered archive at load time instead of answering with wrong predictions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST_NAME = "pipeline.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    name: str
+    task: str
+    model: dict  # {"architecture": ..., "config": {...}, "format": "safetensors", "file": ...}
+    labels: list[str] | None = None
+    preprocess: dict = field(default_factory=dict)
+    serving: dict = field(default_factory=dict)  # batch size, delays, request limits, top_k
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    metrics: dict = field(default_factory=dict)  # held-out figures measured at training time
+    format_version: int = FORMAT_VERSION
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_artifact_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Record the checksum of every file in ``directory`` and write the manifest beside them."""
+    directory = Path(directory)
+    manifest.files = {
+        str(p.relative_to(directory)): sha256_of(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+    path = directory / MANIFEST_NAME
+    path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return path
+
+
+def read_manifest(directory: Path, verify: bool = True) -> Manifest:
+    """Read ``pipeline.json``; with ``verify``, fail loudly on a missing or altered file."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {directory}: not a maas-handlers artifact")
+    data = json.loads(path.read_text())
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+    manifest = Manifest(**data)
+    if verify:
+        for name, expected in manifest.files.items():
+            file = directory / name
+            if not file.is_file():
+                raise FileNotFoundError(f"artifact file {name} listed in {path} is missing")
+            if sha256_of(file) != expected:
+                raise ValueError(f"artifact file {name} does not match its checksum in {path}")
+    return manifest

@@ -1,0 +1,62 @@
+"""Shared answer shape of every classifier: top label, its probability, the top-k, and all probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from handlers.artifact import Manifest
+from handlers.nets import build_module
+from handlers.pipeline import Pipeline, TensorSpec
+
+
+def load_torch_model(manifest: Manifest, artifact_dir: Path, device: str) -> torch.nn.Module:
+    """Rebuild the manifest's architecture and load its safetensors weights (strictly: no missing keys)."""
+    spec = manifest.model
+    module = build_module(spec["architecture"], spec.get("config", {}))
+    module.load_state_dict(load_file(str(Path(artifact_dir) / spec["file"])), strict=True)
+    return module.to(device).eval()
+
+
+class Classifier(Pipeline):
+    """A pipeline whose model returns logits over ``manifest.labels``."""
+
+    def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
+        super().__init__(manifest, artifact_dir, device)
+        if not manifest.labels:
+            raise ValueError(f"{manifest.name}: a classification artifact needs labels")
+        self.labels = list(manifest.labels)
+        self.top_k = max(1, min(int(manifest.serving.get("top_k", 3)), len(self.labels)))
+
+    def postprocess(self, logits: torch.Tensor) -> list[np.ndarray]:
+        return list(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+
+    def format_json(self, results: list[np.ndarray], single: bool) -> Any:
+        answers = [self.describe(p) for p in results]
+        return answers[0] if single else answers
+
+    def describe(self, probabilities: np.ndarray) -> dict:
+        order = np.argsort(-probabilities, kind="stable")[: self.top_k]
+        top = [{"label": self.labels[i], "probability": float(probabilities[i])} for i in order]
+        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+
+    def format_tensors(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
+        probabilities = np.stack(results).astype(np.float32)
+        best = probabilities.argmax(axis=1)
+        return {
+            "LABEL": np.array([[self.labels[i].encode()] for i in best], dtype=np.object_),
+            "PROBABILITY": probabilities[np.arange(len(best)), best][:, None],
+            "PROBABILITIES": probabilities,
+        }
+
+    @classmethod
+    def output_specs(cls, manifest: Manifest) -> list[TensorSpec]:
+        return [
+            TensorSpec("LABEL", "TYPE_STRING", (1,)),
+            TensorSpec("PROBABILITY", "TYPE_FP32", (1,)),
+            TensorSpec("PROBABILITIES", "TYPE_FP32", (len(manifest.labels or []),)),
+        ]

@@ -1,0 +1,228 @@
+"""The server-agnostic core: validate each request alone, run the valid ones as one batch, answer each alone.
+
+A task subclasses ``Pipeline`` and fills in two small groups of methods:
+
+* wire formats - ``parse_json`` / ``format_json`` (the TorchServe REST contract) and ``parse_tensors`` /
+  ``format_tensors`` plus ``input_specs`` / ``output_specs`` (the Triton V2 contract);
+* the model - ``preprocess`` (one row -> features), ``collate`` (features -> one batch), ``forward`` (one
+  pass) and ``postprocess`` (batch output -> one result per row).
+
+``handle_json`` and ``handle_tensors`` drive a server batch through them. A request that fails parsing or
+preprocessing gets its own error; the others still share one forward pass. If that pass itself fails, each
+request is retried alone so one poisoned request cannot take its neighbours down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from handlers.artifact import Manifest
+from handlers.errors import InvalidInput, PayloadTooLarge, ServingError, as_serving_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """One client request after wire parsing: its rows, and whether the client sent a bare single row."""
+
+    rows: list[Any]
+    single: bool = False
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A Triton input or output: name, Triton data type (``TYPE_FP32``...), dims without the batch dim."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+@dataclass
+class BatchTimings:
+    """Wall time of each stage of one server batch, in milliseconds (for metrics and logs)."""
+
+    preprocess_ms: float = 0.0
+    forward_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    rows: int = 0
+
+
+class Pipeline(ABC):
+    """Base of every task. Subclasses are built from an artifact directory by ``handlers.tasks.load_pipeline``."""
+
+    def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
+        self.manifest = manifest
+        self.artifact_dir = Path(artifact_dir)
+        self.device = device
+        self.max_rows_per_request = int(manifest.serving.get("max_rows_per_request", 64))
+        self.last_timings = BatchTimings()
+
+    # ---- wire formats -------------------------------------------------------------------------------
+    @abstractmethod
+    def parse_json(self, body: Any) -> Request:
+        """Turn a TorchServe request body (decoded JSON, text or raw bytes) into rows."""
+
+    @abstractmethod
+    def format_json(self, results: list[Any], single: bool) -> Any:
+        """JSON-safe answer for one request."""
+
+    @abstractmethod
+    def parse_tensors(self, tensors: dict[str, np.ndarray]) -> Request:
+        """Turn one Triton request's input tensors (numpy, batch dim first) into rows."""
+
+    @abstractmethod
+    def format_tensors(self, results: list[Any]) -> dict[str, np.ndarray]:
+        """Output tensors for one Triton request, batch dim first."""
+
+    @classmethod
+    @abstractmethod
+    def input_specs(cls, manifest: Manifest) -> list[TensorSpec]: ...
+
+    @classmethod
+    @abstractmethod
+    def output_specs(cls, manifest: Manifest) -> list[TensorSpec]: ...
+
+    # ---- the model ----------------------------------------------------------------------------------
+    @abstractmethod
+    def preprocess(self, row: Any) -> Any:
+        """Validate and convert one row; raise ``InvalidInput`` naming what is wrong."""
+
+    @abstractmethod
+    def collate(self, features: list[Any]) -> Any:
+        """Stack the features of every valid row of the batch into one model input."""
+
+    @abstractmethod
+    def forward(self, batch: Any) -> Any:
+        """One forward pass over the collated batch."""
+
+    @abstractmethod
+    def postprocess(self, outputs: Any) -> list[Any]:
+        """Split the batch output into one result per row, in order."""
+
+    # ---- drivers ------------------------------------------------------------------------------------
+    def handle_json(self, bodies: list[Any]) -> list[tuple[int, Any]]:
+        """TorchServe: one ``(http_status, json_body)`` per request body."""
+        requests = [self._parse(self.parse_json, body) for body in bodies]
+        answers = []
+        for request, outcome in zip(requests, self.run(requests), strict=True):
+            if isinstance(outcome, ServingError):
+                answers.append((outcome.http_status, {"error": outcome.to_json()}))
+            else:
+                answers.append((200, self.format_json(outcome, request.single)))
+        return answers
+
+    def handle_tensors(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | ServingError]:
+        """Triton: output tensors, or the error, per request."""
+        requests = [self._parse(self.parse_tensors, tensors) for tensors in inputs]
+        return [
+            outcome if isinstance(outcome, ServingError) else self.format_tensors(outcome)
+            for outcome in self.run(requests)
+        ]
+
+    def run(self, requests: list[Request | ServingError]) -> list[list[Any] | ServingError]:
+        """Preprocess per request, one forward pass for all valid rows, results split back per request."""
+        timings = BatchTimings()
+        start = time.perf_counter()
+        outcomes: list[Any] = list(requests)
+        features: dict[int, list[Any]] = {}
+        for i, request in enumerate(requests):
+            if isinstance(request, ServingError):
+                continue
+            try:
+                features[i] = self._preprocess_request(request)
+            except Exception as exc:  # one bad request never fails the batch
+                outcomes[i] = self._error(exc)
+        timings.preprocess_ms = (time.perf_counter() - start) * 1e3
+        if features:
+            for i, result in self._predict(features, timings).items():
+                outcomes[i] = result
+        timings.rows = sum(len(f) for f in features.values())
+        self.last_timings = timings
+        return outcomes
+
+    def _preprocess_request(self, request: Request) -> list[Any]:
+        if not request.rows:
+            raise InvalidInput("the request holds no rows")
+        if len(request.rows) > self.max_rows_per_request:
+            raise PayloadTooLarge(
+                f"the request holds {len(request.rows)} rows; at most {self.max_rows_per_request} are accepted"
+            )
+        features = []
+        for index, row in enumerate(request.rows):
+            try:
+                features.append(self.preprocess(row))
+            except InvalidInput as exc:
+                if not request.single:
+                    exc.message = f"row {index}: {exc.message}"
+                raise
+        return features
+
+    def _predict(self, features: dict[int, list[Any]], timings: BatchTimings) -> dict[int, Any]:
+        """Forward every request's rows together; on failure, retry each request alone to isolate it."""
+        try:
+            return self._forward_split(features, timings)
+        except Exception as exc:
+            if len(features) == 1:
+                return {i: self._error(exc) for i in features}
+        log.warning("batched forward pass failed; retrying %d requests one by one", len(features))
+        results = {}
+        for i, rows in features.items():
+            try:
+                results.update(self._forward_split({i: rows}, timings))
+            except Exception as exc:
+                results[i] = self._error(exc)
+        return results
+
+    def _forward_split(self, features: dict[int, list[Any]], timings: BatchTimings) -> dict[int, list[Any]]:
+        flat = [f for rows in features.values() for f in rows]
+        start = time.perf_counter()
+        outputs = self.forward(self.collate(flat))
+        middle = time.perf_counter()
+        per_row = self.postprocess(outputs)
+        timings.forward_ms += (middle - start) * 1e3
+        timings.postprocess_ms += (time.perf_counter() - middle) * 1e3
+        results, offset = {}, 0
+        for i, rows in features.items():
+            results[i] = per_row[offset : offset + len(rows)]
+            offset += len(rows)
+        return results
+
+    @staticmethod
+    def _parse(parse, payload) -> Request | ServingError:
+        try:
+            return parse(payload)
+        except Exception as exc:
+            return Pipeline._error(exc)
+
+    @staticmethod
+    def _error(exc: Exception) -> ServingError:
+        error = as_serving_error(exc)
+        if error is not exc:
+            log.exception("unexpected failure while serving a request", exc_info=exc)
+        return error
+
+
+def decode_json_body(body: Any) -> Any:
+    """TorchServe decodes ``application/json`` bodies itself; other content types arrive as bytes or text."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"request body is not UTF-8 JSON: {exc}") from None
+    if isinstance(body, str):
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    return body

@@ -1,0 +1,29 @@
+"""Task registry: the manifest's ``task`` names the pipeline class that serves an artifact.
+
+Classes are imported lazily so that serving digits never imports transformers, and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from handlers.artifact import Manifest, read_manifest
+from handlers.pipeline import Pipeline
+
+TASKS = {
+    "image_classification": "handlers.tasks.image:ImageClassifier",
+}
+
+
+def pipeline_class(task: str) -> type[Pipeline]:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
+    module_name, class_name = TASKS[task].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_pipeline(artifact_dir: Path, device: str = "cpu", manifest: Manifest | None = None) -> Pipeline:
+    """Verify the artifact's checksums and build its pipeline, ready to serve."""
+    manifest = manifest or read_manifest(artifact_dir)
+    return pipeline_class(manifest.task)(manifest, Path(artifact_dir), device)

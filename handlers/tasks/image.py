@@ -1,0 +1,126 @@
+"""Image classification: encoded images (PNG/JPEG/... of any size) or pixel arrays in, class probabilities out.
+
+Contracts
+* TorchServe: the raw image bytes as the body, or JSON ``{"pixels": [[...], ...]}`` (H x W, or C x H x W) in
+  the model's own pixel scale (0..``pixel_max``). Answer: ``{"label", "probability", "top_k"}``.
+* Triton: ``IMAGE`` (BYTES, one encoded image per row) or ``PIXELS`` (FP32 ``[n, H, W]`` or ``[n, C, H, W]``);
+  outputs ``LABEL``, ``PROBABILITY``, ``PROBABILITIES``.
+
+Encoded images are converted to what the model was trained on, as recorded in the manifest: grey or RGB,
+resized to H x W with an area (box) filter, and inverted when the training data had light ink on dark.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from handlers.artifact import Manifest
+from handlers.classification import Classifier, load_torch_model
+from handlers.errors import InvalidInput, PayloadTooLarge
+from handlers.pipeline import Request, TensorSpec, decode_json_body
+
+# Decoding is refused above this many pixels (a decompression bomb guard), unless the manifest says otherwise.
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+class ImageClassifier(Classifier):
+    def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
+        super().__init__(manifest, artifact_dir, device)
+        pre = manifest.preprocess
+        self.channels = int(pre.get("channels", 1))
+        self.height, self.width = int(pre["height"]), int(pre["width"])
+        self.pixel_max = float(pre.get("pixel_max", 255.0))
+        self.invert = bool(pre.get("invert", False))
+        self.max_image_pixels = int(pre.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        self.model = load_torch_model(manifest, artifact_dir, device)
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        hw = (self.height, self.width)
+        return hw if self.channels == 1 else (self.channels, *hw)
+
+    # ---- wire formats -------------------------------------------------------------------------------
+    def parse_json(self, body: Any) -> Request:
+        if isinstance(body, (bytes, bytearray)) and body.lstrip()[:1] not in (b"{", b"["):
+            return Request([bytes(body)], single=True)
+        body = decode_json_body(body)
+        if not isinstance(body, dict) or "pixels" not in body:
+            raise InvalidInput('send the image bytes as the body, or JSON {"pixels": [[...]]}')
+        return Request([body["pixels"]], single=True)
+
+    def parse_tensors(self, tensors: dict[str, np.ndarray]) -> Request:
+        given = [name for name in ("IMAGE", "PIXELS") if name in tensors]
+        if len(given) != 1:
+            raise InvalidInput("send exactly one of the inputs IMAGE (encoded bytes) or PIXELS (FP32)")
+        if given[0] == "IMAGE":
+            return Request([_as_bytes(v) for v in tensors["IMAGE"].reshape(-1)])
+        return Request(list(tensors["PIXELS"]))
+
+    @classmethod
+    def input_specs(cls, manifest: Manifest) -> list[TensorSpec]:
+        pre = manifest.preprocess
+        channels, hw = int(pre.get("channels", 1)), (int(pre["height"]), int(pre["width"]))
+        return [
+            TensorSpec("IMAGE", "TYPE_STRING", (1,), optional=True),
+            TensorSpec("PIXELS", "TYPE_FP32", hw if channels == 1 else (channels, *hw), optional=True),
+        ]
+
+    # ---- the model ----------------------------------------------------------------------------------
+    def preprocess(self, row: Any) -> np.ndarray:
+        pixels = self._decode(row) if isinstance(row, bytes) else self._validate_pixels(row)
+        return pixels.reshape(self.channels, self.height, self.width)
+
+    def collate(self, features: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(features)).to(self.device)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch)
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        """Encoded image -> float32 in [0, 1], the model's size, channels and polarity."""
+        if not data:
+            raise InvalidInput("the image is empty")
+        try:
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > self.max_image_pixels:
+                raise PayloadTooLarge(
+                    f"the image is {image.width}x{image.height}; at most {self.max_image_pixels} pixels are accepted"
+                )
+            image.draft("L" if self.channels == 1 else "RGB", (self.width, self.height))  # cheap JPEG downscale
+            image = image.convert("L" if self.channels == 1 else "RGB")
+            image = image.resize((self.width, self.height), Image.Resampling.BOX)
+        except Image.DecompressionBombError as exc:
+            raise PayloadTooLarge(f"the image is too large to decode: {exc}") from None
+        except UnidentifiedImageError:
+            raise InvalidInput("could not decode the image: not a PNG, JPEG or other format Pillow reads") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InvalidInput(f"could not decode the image: {exc}") from None
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        if self.channels != 1:
+            pixels = pixels.transpose(2, 0, 1)
+        return 1.0 - pixels if self.invert else pixels
+
+    def _validate_pixels(self, row: Any) -> np.ndarray:
+        """Pixel values in the model's own scale (0..pixel_max) -> float32 in [0, 1]."""
+        try:
+            pixels = np.asarray(row, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"pixels must be a numeric array of shape {list(self.pixel_shape)}") from None
+        if pixels.shape != self.pixel_shape:
+            raise InvalidInput(f"pixels have shape {list(pixels.shape)}; expected {list(self.pixel_shape)}")
+        if not np.isfinite(pixels).all():
+            raise InvalidInput("pixels contain NaN or infinite values")
+        if pixels.min() < 0 or pixels.max() > self.pixel_max:
+            raise InvalidInput(f"pixel values must lie in [0, {self.pixel_max:g}]")
+        return pixels / self.pixel_max
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)

@@ -1,0 +1,53 @@
+"""TorchServe adapter: maps TorchServe's request dicts to pipeline bodies, and answers back with per-request status.
+
+Packaged as the archive's handler; the archive also carries the ``handlers`` package and the artifact under
+``artifact/``, so it loads on a stock TorchServe whose Python has only the third-party libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handlers.tasks import load_pipeline
+
+log = logging.getLogger(__name__)
+
+
+class MaasHandler:
+    """One instance per worker. TorchServe calls ``initialize`` once, then ``handle`` for every batch."""
+
+    def __init__(self):
+        self.pipeline = None
+
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        gpu_id = properties.get("gpu_id")
+        device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
+        self.pipeline = load_pipeline(Path(properties["model_dir"]) / "artifact", device=device)
+        log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        answers = self.pipeline.handle_json([request_body(request) for request in data])
+        responses = []
+        for idx, (status, body) in enumerate(answers):
+            if status != 200:
+                context.set_response_status(status, body["error"]["message"], idx)
+            context.set_response_content_type(idx, "application/json")
+            responses.append(json.dumps(body))
+        timings = self.pipeline.last_timings
+        log.debug("batch of %d requests, %d rows: %s", len(data), timings.rows, timings)
+        return responses
+
+
+def request_body(request: dict) -> Any:
+    """The payload of one request: the raw body, or the first form field when sent as multipart."""
+    for key in ("body", "data"):
+        if request.get(key) is not None:
+            return request[key]
+    values = [v for v in request.values() if v is not None]
+    return values[0] if values else b""

@@ -1,0 +1,48 @@
+"""Triton Python-backend adapter: one ``execute`` call gets every request of a dynamic batch.
+
+The pipeline stacks all their rows into one forward pass; this file only moves tensors and errors between
+Triton's objects and the pipeline. ``triton_python_backend_utils`` exists only inside the server.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from handlers.tasks import load_pipeline
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        artifact_dir = Path(args["model_repository"]) / args["model_version"] / "artifact"
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        self.pipeline = load_pipeline(artifact_dir, device=device)
+        self.input_names = [spec["name"] for spec in config["input"]]
+        # Output dtypes are read once from the config, so answers always match what the config declares.
+        self.output_dtypes = {
+            spec["name"]: pb_utils.triton_string_to_numpy(spec["data_type"]) for spec in config["output"]
+        }
+
+    def execute(self, requests: list) -> list:
+        inputs = []
+        for request in requests:
+            tensors = {}
+            for name in self.input_names:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    tensors[name] = tensor.as_numpy()
+            inputs.append(tensors)
+        responses = []
+        for outcome in self.pipeline.handle_tensors(inputs):
+            if isinstance(outcome, dict):
+                tensors = [pb_utils.Tensor(n, a.astype(self.output_dtypes[n])) for n, a in outcome.items()]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            else:
+                code = getattr(pb_utils.TritonError, outcome.triton_code)
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(outcome.message, code)))
+        return responses

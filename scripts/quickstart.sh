@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The main job, from a fresh clone: set up .venv, train the default models if missing, build the TorchServe
+# archives and the Triton repository, (re)start both servers on loopback, send sample requests, print the answers.
+# The servers keep running afterwards; the last lines say how to query and stop them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+py=.venv/bin/python
+
+[[ -f artifacts/digits/pipeline.json ]] || $py -m scripts.train_digits --out artifacts/digits
+$py -m scripts.build artifacts/digits
+
+# Restart whatever an earlier Quick start left running, so the servers load the archives just built.
+$py -m scripts.servers stop-torchserve >/dev/null 2>&1 || true
+[[ -f run/triton.pid ]] && $py -m scripts.servers stop-triton
+$py -m scripts.servers start-torchserve
+$py -m scripts.servers start-triton
+echo
+$py -m scripts.samples
+cat <<'TXT'
+
+Both servers keep running. Query them (README.md has more):
+  KEY=$(.venv/bin/python -c "import json; print(json.load(open('key_file.json'))['inference']['key'])")
+  curl -H "Authorization: Bearer $KEY" -H "Content-Type: image/png" --data-binary @artifacts/sample_digit.png \
+       http://127.0.0.1:8080/predictions/digits
+  curl http://127.0.0.1:8000/v2/models/digits          # Triton model metadata (V2 protocol)
+Stop them:
+  .venv/bin/python -m scripts.servers stop-torchserve
+  .venv/bin/python -m scripts.servers stop-triton
+TXT

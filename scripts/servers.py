@@ -1,0 +1,276 @@
+"""Start and stop the real servers on loopback: Triton (from the nvidia-pytriton wheel) and TorchServe.
+
+    .venv/bin/python -m scripts.servers start-triton [--repository model_repository] [--http-port 8000] ...
+    .venv/bin/python -m scripts.servers stop-triton
+    .venv/bin/python -m scripts.servers start-torchserve   # torchserve --start --ncs --model-store model_store ...
+    .venv/bin/python -m scripts.servers stop-torchserve    # torchserve --stop
+
+The command-line ones serve ``model_store/`` and ``model_repository/`` on the default ports from the repository
+root (TorchServe writes key_file.json and logs/ there). Tests call ``start_torchserve`` / ``start_triton`` to run
+private instances on free ports, beside any running one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts import REPO_ROOT, TRITON_REPOSITORY
+
+RUN_DIR = REPO_ROOT / "run"
+LOG_DIR = REPO_ROOT / "logs"
+TRITON_PID_FILE = RUN_DIR / "triton.pid"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen | None, timeout: float, log_file: Path, headers=dict) -> float:
+    """Poll ``url`` until it answers 200; fail early, with the log's tail, if the server exits.
+
+    ``headers`` is called before each try (TorchServe's key file appears only once it has started).
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}; log tail:\n{_tail(log_file)}")
+        try:
+            request = urllib.request.Request(url, headers=headers())
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return time.perf_counter() - start
+        except (OSError, ValueError):  # not listening yet, or key file not written yet
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s; log tail:\n{_tail(log_file)}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process(process: subprocess.Popen | int, timeout: float = 30) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
+    pid = process if isinstance(process, int) else process.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if isinstance(process, subprocess.Popen):
+                if process.poll() is not None:
+                    return
+            elif not _alive(pid):
+                return
+            time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---- Triton ----------------------------------------------------------------------------------------------
+def triton_home() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def triton_backends() -> Path:
+    """A backend directory holding the Python backend with its stub (the wheel ships the stub apart)."""
+    python_dir = REPO_ROOT / ".triton" / "backends" / "python"
+    stub = python_dir / "triton_python_backend_stub"
+    if not stub.exists():
+        shutil.copytree(triton_home() / "backends" / "python", python_dir, dirs_exist_ok=True)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        shutil.copy2(triton_home() / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
+    return python_dir.parent
+
+
+@dataclass
+class TritonPorts:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+def start_triton(repository: Path, ports: TritonPorts, log_file: Path, timeout: float = 120) -> subprocess.Popen:
+    """Start tritonserver on loopback and wait until every model is ready."""
+    env = dict(os.environ)
+    libs = Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs"
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+    command = [
+        str(triton_home() / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={triton_backends()}",
+        "--http-address=127.0.0.1", f"--http-port={ports.http}",
+        "--grpc-address=127.0.0.1", f"--grpc-port={ports.grpc}",
+        "--metrics-address=127.0.0.1", f"--metrics-port={ports.metrics}",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+    ]  # fmt: skip
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{ports.http}/v2/health/ready", process, timeout, log_file)
+    except Exception:
+        stop_process(process)
+        raise
+    return process
+
+
+# ---- TorchServe ------------------------------------------------------------------------------------------
+@dataclass
+class TorchServeInstance:
+    process: subprocess.Popen
+    inference_url: str
+    grpc_port: int
+    metrics_url: str
+    workdir: Path
+
+    @property
+    def inference_key(self) -> str:
+        return read_inference_key(self.workdir)
+
+
+def read_inference_key(workdir: Path) -> str:
+    """The inference key TorchServe writes into its working directory at start."""
+    return json.loads((workdir / "key_file.json").read_text())["inference"]["key"]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def torchserve_properties(overrides: dict[str, str], base: Path = REPO_ROOT / "config.properties") -> str:
+    """The project's config.properties with some keys replaced (ports, for a private instance)."""
+    lines, seen = [], set()
+    for line in base.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and key in overrides:
+            line, _ = f"{key}={overrides[key]}", seen.add(key)
+        lines.append(line)
+    lines += [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str] | None = None,
+                     timeout: float = 120) -> TorchServeInstance:  # fmt: skip
+    """A private TorchServe on free loopback ports, run in the foreground from ``workdir``.
+
+    ``workdir`` receives key_file.json, logs/ and the pid file (TMPDIR), so it never meets another instance.
+    PYTHONPATH is dropped: the workers import this project's code from the archive only.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc", "grpc_management")}
+    properties = {
+        "inference_address": f"http://127.0.0.1:{ports['inference']}",
+        "management_address": f"http://127.0.0.1:{ports['management']}",
+        "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+        "grpc_inference_port": str(ports["grpc"]),
+        "grpc_management_port": str(ports["grpc_management"]),
+        **(overrides or {}),
+    }
+    config = workdir / "config.properties"
+    config.write_text(torchserve_properties(properties))
+    (workdir / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp")}
+    env.pop("PYTHONPATH", None)  # workers must find our code in the archive, nowhere else
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # workers use this Python
+    command = [
+        str(Path(sys.executable).parent / "torchserve"),
+        "--start", "--foreground", "--ncs",
+        "--model-store", str(model_store),
+        "--ts-config", str(config),
+    ]  # fmt: skip
+    log_file = workdir / "torchserve.log"
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            command, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{ports['inference']}/ping", process, timeout, log_file,
+                   headers=lambda: bearer(read_inference_key(workdir)))  # fmt: skip
+    except Exception:
+        stop_process(process)
+        raise
+    return TorchServeInstance(
+        process,
+        f"http://127.0.0.1:{ports['inference']}",
+        ports["grpc"],
+        f"http://127.0.0.1:{ports['metrics']}",
+        workdir,
+    )
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("start-triton", help="start tritonserver in the background and wait until ready")
+    start.add_argument("--repository", type=Path, default=TRITON_REPOSITORY)
+    start.add_argument("--http-port", type=int, default=8000)
+    start.add_argument("--grpc-port", type=int, default=8001)
+    start.add_argument("--metrics-port", type=int, default=8002)
+    commands.add_parser("stop-triton", help="stop the tritonserver started by start-triton")
+    commands.add_parser("start-torchserve", help="torchserve --start with config.properties, wait until ready")
+    commands.add_parser("stop-torchserve", help="torchserve --stop")
+    args = parser.parse_args()
+
+    torchserve = [str(Path(sys.executable).parent / "torchserve")]
+    if args.command == "start-torchserve":
+        started = time.perf_counter()
+        command = [*torchserve, "--start", "--ncs", "--model-store", "model_store", "--ts-config", "config.properties"]
+        (REPO_ROOT / "key_file.json").unlink(missing_ok=True)  # a stale key would only delay the readiness probe
+        # Its console output duplicates logs/ (rotated by log4j) and can grow without bound: drop it.
+        subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_ready("http://127.0.0.1:8080/ping", None, 120, LOG_DIR / "ts_log.log",
+                   headers=lambda: bearer(read_inference_key(REPO_ROOT)))  # fmt: skip
+        print(f"TorchServe ready in {time.perf_counter() - started:.1f}s; REST 127.0.0.1:8080, "
+              f"gRPC 127.0.0.1:7070, inference key in {REPO_ROOT / 'key_file.json'}, logs in {LOG_DIR}")  # fmt: skip
+    elif args.command == "stop-torchserve":
+        subprocess.run([*torchserve, "--stop"], cwd=REPO_ROOT, check=False)
+    elif args.command == "start-triton":
+        if TRITON_PID_FILE.exists() and _alive(int(TRITON_PID_FILE.read_text())):
+            sys.exit(f"tritonserver already runs (pid {TRITON_PID_FILE.read_text().strip()}); stop it first")
+        started = time.perf_counter()
+        ports = TritonPorts(args.http_port, args.grpc_port, args.metrics_port)
+        process = start_triton(args.repository.resolve(), ports, LOG_DIR / "triton.log")
+        RUN_DIR.mkdir(exist_ok=True)
+        TRITON_PID_FILE.write_text(str(process.pid))
+        print(f"tritonserver ready in {time.perf_counter() - started:.1f}s (pid {process.pid}); "
+              f"HTTP 127.0.0.1:{ports.http}, gRPC 127.0.0.1:{ports.grpc}, log {LOG_DIR / 'triton.log'}")  # fmt: skip
+    else:
+        if not TRITON_PID_FILE.exists():
+            sys.exit("no run/triton.pid: tritonserver was not started by this script")
+        stop_process(int(TRITON_PID_FILE.read_text()))
+        TRITON_PID_FILE.unlink()
+        print("tritonserver stopped")
+
+
+if __name__ == "__main__":
+    main()

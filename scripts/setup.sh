@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent set-up of .venv: torch 2.13.0 (CPU build) first and pinned, then requirements.txt.
+# Quick (a hash check) when requirements.txt and this script are unchanged since the last run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+stamp=.venv/.setup-stamp
+wanted=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then
+  exit 0
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "setup: Python 3.11 is required (Triton's Python backend stub is built for it); set PYTHON=..." >&2
+  exit 1
+fi
+command -v java >/dev/null || { echo "setup: TorchServe needs Java 17 (java not on PATH)" >&2; exit 1; }
+# Triton's Python backend stub links the system libpython3.11.
+if ! ldconfig -p | grep -q 'libpython3.11.so.1.0'; then
+  echo "setup: installing libpython3.11 for Triton's Python backend stub"
+  if [[ $(id -u) == 0 ]]; then apt-get update -qq && apt-get install -y -qq libpython3.11; else sudo apt-get install -y libpython3.11; fi
+fi
+
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+echo "setup: installing torch==2.13.0 and requirements.txt into .venv (about a minute on a fresh machine)"
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+.venv/bin/python -c "import torch, numpy, ts, tritonclient.grpc.model_config_pb2, pytriton" # fails loudly if an install failed
+echo "$wanted" > "$stamp"
+echo "setup: .venv ready"

@@ -1,0 +1,58 @@
+"""Package an artifact into ``<model_store>/<name>.mar`` with torch-model-archiver's own code.
+
+The archive holds the handler (``torchserve_handler.py``, the entry point), the ``handlers`` package and the
+artifact under ``artifact/``: everything it needs to load on a stock TorchServe. Batch settings go into the
+archive's ``model-config.yaml``. torch-model-archiver copies the *contents* of a directory given in
+``--extra-files``, so a staging directory keeps ``handlers/`` a real package.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+from model_archiver.model_archiver_config import ModelArchiverConfig
+from model_archiver.model_packaging import generate_model_archive
+
+from handlers.artifact import Manifest
+from scripts import HANDLERS_DIR
+
+
+def copy_runtime(artifact_dir: Path, destination: Path) -> None:
+    """Lay out what a server needs next to its entry point: the ``handlers`` package and the artifact."""
+    shutil.copytree(HANDLERS_DIR, destination / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(artifact_dir, destination / "artifact")
+
+
+def torchserve_model_config(manifest: Manifest) -> dict:
+    serving = manifest.serving
+    return {
+        "minWorkers": 1,
+        "maxWorkers": 1,
+        "batchSize": int(serving.get("max_batch_size", 1)),
+        "maxBatchDelay": int(serving.get("max_batch_delay_ms", 5)),
+        "responseTimeout": int(serving.get("response_timeout_s", 60)),
+    }
+
+
+def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: str, version: str = "1.0") -> Path:
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"mar-{name}-") as tmp:
+        stage = Path(tmp) / "stage"
+        copy_runtime(artifact_dir, stage)
+        config_file = Path(tmp) / "model-config.yaml"
+        config_file.write_text(yaml.safe_dump(torchserve_model_config(manifest)))
+        generate_model_archive(
+            ModelArchiverConfig(
+                model_name=name,
+                handler=str(HANDLERS_DIR / "torchserve_handler.py"),
+                version=version,
+                extra_files=str(stage),
+                config_file=str(config_file),
+                export_path=str(model_store),
+                force=True,
+            )
+        )
+    return model_store / f"{name}.mar"

@@ -1,0 +1,56 @@
+"""Small, seeded training loop shared by the example models (progress printed per epoch)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    augment=None,
+    evaluate=None,
+) -> nn.Module:
+    """Adam with a cosine schedule; ``evaluate(model) -> str`` is printed after each epoch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(x))
+        total = 0.0
+        for i in range(0, len(x), batch_size):
+            idx = order[i : i + batch_size]
+            xb = augment(x[idx]) if augment else x[idx]
+            loss = loss_fn(model(xb), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        scheduler.step()
+        report = f" {evaluate(model)}" if evaluate else ""
+        print(f"epoch {epoch:3d}/{epochs} loss {total / len(x):.4f}{report} ({time.perf_counter() - start:.1f}s)")
+    return model.eval()

@@ -1,0 +1,64 @@
+"""Write a Triton Python-backend model directory for an artifact.
+
+    <repository>/<name>/config.pbtxt        generated from tritonclient's model_config_pb2 schema
+    <repository>/<name>/1/model.py          a one-line entry point importing handlers.triton_model
+    <repository>/<name>/1/handlers/         the runtime package
+    <repository>/<name>/1/artifact/         weights and manifest
+
+The Python backend's stub ignores PYTHONPATH; ``EXECUTION_ENV_PATH`` points it at the Python environment
+that has torch, numpy (< 2) and the rest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from handlers.artifact import Manifest
+from handlers.pipeline import TensorSpec
+from handlers.tasks import pipeline_class
+from scripts.torchserve_archive import copy_runtime
+
+ENTRY_POINT = (
+    '"""Triton entry point: the adapter lives in the handlers package."""\n\n'
+    "from handlers.triton_model import TritonPythonModel  # noqa: F401\n"
+)
+
+
+def model_config(manifest: Manifest, name: str, python_env: Path, instances: int = 1) -> mc.ModelConfig:
+    task = pipeline_class(manifest.task)
+    serving = manifest.serving
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=int(serving.get("max_batch_size", 32)))
+    for spec in task.input_specs(manifest):
+        config.input.append(_tensor(mc.ModelInput, spec))
+    for spec in task.output_specs(manifest):
+        config.output.append(_tensor(mc.ModelOutput, spec))
+    config.dynamic_batching.max_queue_delay_microseconds = int(serving.get("max_batch_delay_ms", 5) * 1000)
+    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
+    config.parameters["EXECUTION_ENV_PATH"].string_value = str(python_env)
+    return config
+
+
+def _tensor(message_type, spec: TensorSpec):
+    message = message_type(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims))
+    if spec.optional:
+        message.optional = True
+    return message
+
+
+def build_triton_model(
+    artifact_dir: Path, manifest: Manifest, repository: Path, name: str, python_env: Path, instances: int = 1
+) -> Path:
+    model_dir = repository / name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True)
+    copy_runtime(artifact_dir, version_dir)
+    (version_dir / "model.py").write_text(ENTRY_POINT)
+    config = model_config(manifest, name, python_env, instances)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return model_dir

@@ -1,0 +1,69 @@
+"""Small fakes of server internals, for unit tests of the adapters only (integration tests use real servers)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+
+
+class FakeContext:
+    """TorchServe's Context as a handler sees it: system properties and per-request status/content type."""
+
+    def __init__(self, model_dir: str):
+        self.system_properties = {"model_dir": model_dir, "gpu_id": None}
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+
+def install_fake_pb_utils() -> types.ModuleType:
+    """A stand-in for ``triton_python_backend_utils``, which exists only inside tritonserver."""
+    module = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, array):
+            self._name, self._array = name, np.asarray(array)
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code=INTERNAL):
+            self._message, self._code = message, code
+
+        def message(self):
+            return self._message
+
+        def code(self):
+            return self._code
+
+    class InferenceRequest:
+        def __init__(self, inputs):
+            self.inputs = inputs
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.output_tensors, self.error = output_tensors or [], error
+
+    def get_input_tensor_by_name(request, name):
+        return next((t for t in request.inputs if t.name() == name), None)
+
+    types_map = {"TYPE_FP32": np.float32, "TYPE_STRING": np.object_, "BYTES": np.object_, "TYPE_INT64": np.int64}
+    module.Tensor, module.TritonError = Tensor, TritonError
+    module.InferenceRequest, module.InferenceResponse = InferenceRequest, InferenceResponse
+    module.get_input_tensor_by_name = get_input_tensor_by_name
+    module.triton_string_to_numpy = types_map.__getitem__
+    sys.modules["triton_python_backend_utils"] = module
+    return module

@@ -1,0 +1,61 @@
+"""Both server adapters against fakes of the servers' objects, on the packaged layouts the builders write."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from scripts.build import build
+from scripts.samples import digit_png
+from tests.unit.fakes import FakeContext, install_fake_pb_utils
+
+
+@pytest.fixture(scope="module")
+def built(digits_artifact, tmp_path_factory):
+    root = tmp_path_factory.mktemp("built")
+    build(digits_artifact, model_store=root / "store", triton_repository=root / "repo")
+    return root
+
+
+def test_torchserve_handler_sets_status_per_request(built, held_out_digits):
+    from handlers.torchserve_handler import MaasHandler
+
+    model_dir = built / "unpacked"
+    zipfile.ZipFile(built / "store" / "digits.mar").extractall(model_dir)
+    handler = MaasHandler()
+    context = FakeContext(str(model_dir))
+    handler.initialize(context)
+    png = digit_png(held_out_digits[0][0])
+    data = [{"body": png}, {"data": b"not an image"}, {"file": png}]  # raw body, "data", multipart field
+    answers = [json.loads(a) for a in handler.handle(data, context)]
+    assert answers[0]["label"] == answers[2]["label"] == str(held_out_digits[1][0])
+    assert context.statuses == {1: (400, answers[1]["error"]["message"])}
+    assert set(context.content_types.values()) == {"application/json"}
+
+
+def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digits):
+    pb = install_fake_pb_utils()
+    from handlers.triton_model import TritonPythonModel
+
+    config = json.dumps(
+        {
+            "input": [{"name": "IMAGE"}, {"name": "PIXELS"}],
+            "output": [
+                {"name": n, "data_type": t}
+                for n, t in [("LABEL", "TYPE_STRING"), ("PROBABILITY", "TYPE_FP32"), ("PROBABILITIES", "TYPE_FP32")]
+            ],
+        }
+    )
+    model = TritonPythonModel()
+    model.initialize({"model_config": config, "model_repository": str(built / "repo" / "digits"), "model_version": "1"})
+    images = held_out_digits[0][:3]
+    good = pb.InferenceRequest([pb.Tensor("PIXELS", images.astype(np.float32))])
+    bad = pb.InferenceRequest([pb.Tensor("IMAGE", np.array([[b"junk"]], dtype=np.object_))])
+    responses = model.execute([good, bad])
+    assert len(responses) == 2
+    labels = {t.name(): t.as_numpy() for t in responses[0].output_tensors}["LABEL"]
+    assert [v.decode() for v in labels[:, 0]] == [str(y) for y in held_out_digits[1][:3]]
+    assert responses[1].error.code() == "INVALID_ARG" and "could not decode" in responses[1].error.message()

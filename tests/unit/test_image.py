@@ -1,0 +1,93 @@
+"""The image pipeline in-process: decoding any size and format, pixel arrays, and every bad-input path."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handlers.tasks import load_pipeline
+from scripts.samples import digit_png
+
+
+@pytest.fixture(scope="module")
+def pipeline(digits_artifact):
+    return load_pipeline(digits_artifact)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_held_out_pngs_are_classified(pipeline, held_out_digits):
+    images, labels = held_out_digits
+    answers = pipeline.handle_json([digit_png(x) for x in images[:100]])
+    predicted = [int(body["label"]) for status, body in answers if status == 200]
+    assert len(predicted) == 100
+    assert np.mean(np.array(predicted) == labels[:100]) >= 0.95
+
+
+def test_png_of_any_size_and_jpeg_and_pixels_agree(pipeline, held_out_digits):
+    pixels = held_out_digits[0][3]
+    png_small, png_large = digit_png(pixels, scale=1), digit_png(pixels, scale=25)
+    jpeg = encode(Image.open(io.BytesIO(png_large)).convert("RGB"), "JPEG")
+    answers = pipeline.handle_json([png_small, png_large, jpeg, {"pixels": pixels.tolist()}])
+    assert {status for status, _ in answers} == {200}
+    assert len({body["label"] for _, body in answers}) == 1
+    assert answers[0][1]["probability"] == pytest.approx(answers[1][1]["probability"], abs=1e-6)
+
+
+def test_answer_shape(pipeline, held_out_digits):
+    (status, body) = pipeline.handle_json([{"pixels": held_out_digits[0][0].tolist()}])[0]
+    assert status == 200 and set(body) == {"label", "probability", "top_k"}
+    assert len(body["top_k"]) == 3 and body["top_k"][0]["label"] == body["label"]
+    assert body["top_k"][0]["probability"] >= body["top_k"][1]["probability"] >= body["top_k"][2]["probability"]
+    json.dumps(body)  # JSON-safe
+
+
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        (b"\x89PNG\r\n\x1a\n garbage", 400, "could not decode the image"),
+        (b"", 400, "the image is empty"),
+        (b"{not json", 400, "not valid JSON"),
+        ({"pixels": [[1, 2], [3]]}, 400, "numeric array of shape [8, 8]"),
+        ({"pixels": [[0] * 8] * 7}, 400, "shape [7, 8]; expected [8, 8]"),
+        ({"pixels": [[float("nan")] * 8] * 8}, 400, "NaN or infinite"),
+        ({"pixels": [[17] * 8] * 8}, 400, "must lie in [0, 16]"),
+        ({"image": "..."}, 400, '{"pixels"'),
+    ],
+)
+def test_bad_inputs_name_the_problem(pipeline, held_out_digits, body, status, fragment):
+    good = digit_png(held_out_digits[0][0])
+    answers = pipeline.handle_json([good, body, good])
+    assert answers[1][0] == status and fragment in answers[1][1]["error"]["message"]
+    assert answers[0][0] == answers[2][0] == 200
+
+
+def test_truncated_png_is_a_400(pipeline, held_out_digits):
+    png = digit_png(held_out_digits[0][0], scale=40)
+    (status, body) = pipeline.handle_json([png[: len(png) // 2]])[0]
+    assert status == 400 and "could not decode the image" in body["error"]["message"]
+
+
+def test_oversized_image_is_413_before_decoding(pipeline):
+    huge = encode(Image.new("L", (5000, 5000), color=255), "PNG")  # 25 Mpx, compresses to a few KB
+    (status, body) = pipeline.handle_json([huge])[0]
+    assert status == 413 and "5000x5000" in body["error"]["message"]
+
+
+def test_triton_inputs_image_or_pixels(pipeline, held_out_digits):
+    images = held_out_digits[0][:2]
+    pngs = np.array([[digit_png(x)] for x in images], dtype=np.object_)
+    by_image, by_pixels, both = pipeline.handle_tensors(
+        [{"IMAGE": pngs}, {"PIXELS": images.astype(np.float32)}, {"IMAGE": pngs, "PIXELS": images}]
+    )
+    assert by_image["PROBABILITIES"].shape == (2, 10) and by_image["LABEL"].shape == (2, 1)
+    np.testing.assert_array_equal(by_image["LABEL"], by_pixels["LABEL"])
+    assert both.http_status == 400 and "exactly one of" in both.message

@@ -1,0 +1,55 @@
+"""Artifacts and the two packagers: checksums, archive layout, and a config.pbtxt that parses by schema."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import pytest
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from handlers.artifact import read_manifest
+from scripts.build import build
+
+
+def test_tampered_artifact_is_refused(digits_artifact, tmp_path):
+    copy = shutil.copytree(digits_artifact, tmp_path / "digits")
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="model.safetensors does not match its checksum"):
+        read_manifest(copy)
+    with pytest.raises(ValueError, match="checksum"):
+        build(copy, model_store=tmp_path / "store", triton_repository=None)
+
+
+def test_mar_carries_runtime_code_artifact_and_batch_settings(digits_artifact, tmp_path):
+    build(digits_artifact, model_store=tmp_path, triton_repository=None)
+    with zipfile.ZipFile(tmp_path / "digits.mar") as mar:
+        names = set(mar.namelist())
+        assert {"torchserve_handler.py", "handlers/pipeline.py", "handlers/tasks/image.py"} <= names
+        assert {"artifact/pipeline.json", "artifact/model.safetensors", "MAR-INF/MANIFEST.json"} <= names
+        assert not any("__pycache__" in n or n.startswith("scripts/") for n in names)
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+    assert config["batchSize"] == 32 and config["maxBatchDelay"] == 5
+    assert manifest["model"]["handler"] == "torchserve_handler.py"
+
+
+def test_triton_config_is_valid_by_schema(digits_artifact, tmp_path):
+    build(digits_artifact, model_store=None, triton_repository=tmp_path, python_env=tmp_path / "env")
+    config = text_format.Parse((tmp_path / "digits" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert config.backend == "python" and config.max_batch_size == 32
+    assert [(i.name, mc.DataType.Name(i.data_type), list(i.dims), i.optional) for i in config.input] == [
+        ("IMAGE", "TYPE_STRING", [1], True),
+        ("PIXELS", "TYPE_FP32", [8, 8], True),
+    ]
+    assert [o.name for o in config.output] == ["LABEL", "PROBABILITY", "PROBABILITIES"]
+    assert config.output[2].dims == [10]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    assert config.parameters["EXECUTION_ENV_PATH"].string_value == str(tmp_path / "env")
+    version = tmp_path / "digits" / "1"
+    assert (version / "model.py").is_file() and (version / "handlers" / "triton_model.py").is_file()
+    assert read_manifest(version / "artifact").name == "digits"
