@@ -5,6 +5,8 @@ Weights travel as safetensors, never as pickles, so the serving side must be abl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -52,7 +54,47 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"small_resnet": SmallResNet}
+class FeedForward(nn.Module):
+    """A feed-forward network for tables: ``hidden`` Linear+ReLU(+dropout) layers, then a linear head.
+
+    With ``hidden=()`` it is a single Linear layer: softmax regression over ``n_outputs`` classes, or linear
+    regression with ``n_outputs=1``. Inputs are standardised features (the task does that, see tasks/tabular.py).
+    """
+
+    def __init__(self, n_features: int, n_outputs: int, hidden: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, n_outputs))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class LogisticRegression(FeedForward):
+    """Binary logistic regression: one logit ``z``, returned as the two logits ``(0, z)``.
+
+    Softmax over ``(0, z)`` is ``(1 - sigmoid(z), sigmoid(z))``, so a binary model keeps one weight vector yet
+    answers with the same two-class probabilities (and the same ``Classifier`` answer shape) as any classifier.
+    """
+
+    def __init__(self, n_features: int):
+        super().__init__(n_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.layers(x)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "small_resnet": SmallResNet,
+    "feed_forward": FeedForward,
+    "logistic_regression": LogisticRegression,
+}
 
 
 def build_module(architecture: str, config: dict) -> nn.Module:

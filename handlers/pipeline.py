@@ -57,6 +57,9 @@ class BatchTimings:
     postprocess_ms: float = 0.0
     rows: int = 0
 
+    def stages(self) -> dict[str, float]:
+        return {"preprocess": self.preprocess_ms, "forward": self.forward_ms, "postprocess": self.postprocess_ms}
+
 
 class Pipeline(ABC):
     """Base of every task. Subclasses are built from an artifact directory by ``handlers.tasks.load_pipeline``."""

@@ -1,7 +1,7 @@
 """TorchServe adapter: maps TorchServe's request dicts to pipeline bodies, and answers back with per-request status.
 
-Packaged as the archive's handler; the archive also carries the ``handlers`` package and the artifact under
-``artifact/``, so it loads on a stock TorchServe whose Python has only the third-party libraries.
+The archive's entry module subclasses ``MaasHandler``; the archive also carries the ``handlers`` package and the
+artifact under ``artifact/``, so it loads on a stock TorchServe whose Python has only the third-party libraries.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.tasks import load_pipeline
 
@@ -39,9 +40,21 @@ class MaasHandler:
                 context.set_response_status(status, body["error"]["message"], idx)
             context.set_response_content_type(idx, "application/json")
             responses.append(json.dumps(body))
-        timings = self.pipeline.last_timings
-        log.debug("batch of %d requests, %d rows: %s", len(data), timings.rows, timings)
+        self.record_metrics(context, len(data))
         return responses
+
+    def record_metrics(self, context, requests: int) -> None:
+        """Cumulative per-stage time and row counts (Prometheus counters with ``model_metrics_auto_detect``);
+        TorchServe itself reports queue time (``ts_queue_latency_microseconds``). Never fails a batch."""
+        timings = self.pipeline.last_timings
+        try:
+            for stage, ms in timings.stages().items():
+                context.metrics.add_time(f"Maas{stage.title()}Ms", ms, None, "ms", metric_type=MetricTypes.COUNTER)
+            context.metrics.add_counter("MaasRows", timings.rows)
+            context.metrics.add_counter("MaasBatches", 1)
+        except Exception:
+            log.exception("could not record metrics")
+        log.debug("batch of %d requests, %d rows: %s", requests, timings.rows, timings)
 
 
 def request_body(request: dict) -> Any:

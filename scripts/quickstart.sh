@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 py=.venv/bin/python
 
-[[ -f artifacts/digits/pipeline.json ]] || $py -m scripts.train_digits --out artifacts/digits
-$py -m scripts.build artifacts/digits
+[[ -f artifacts/digits/pipeline.json ]] || $py -m scripts.train_digits --out artifacts/digits        # ~10 s
+[[ -f artifacts/sentiment/pipeline.json ]] || $py -m scripts.train_text --out artifacts/sentiment  # ~2-3 min
+$py -m scripts.build artifacts/digits artifacts/sentiment
 
 # Restart whatever an earlier Quick start left running, so the servers load the archives just built.
 $py -m scripts.servers stop-torchserve >/dev/null 2>&1 || true
@@ -23,7 +24,9 @@ Both servers keep running. Query them (README.md has more):
   KEY=$(.venv/bin/python -c "import json; print(json.load(open('key_file.json'))['inference']['key'])")
   curl -H "Authorization: Bearer $KEY" -H "Content-Type: image/png" --data-binary @artifacts/sample_digit.png \
        http://127.0.0.1:8080/predictions/digits
-  curl http://127.0.0.1:8000/v2/models/digits          # Triton model metadata (V2 protocol)
+  curl -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
+       -d '{"text": "What a delight!"}' http://127.0.0.1:8080/predictions/sentiment
+  curl http://127.0.0.1:8000/v2/models/sentiment        # Triton model metadata (V2 protocol)
 Stop them:
   .venv/bin/python -m scripts.servers stop-torchserve
   .venv/bin/python -m scripts.servers stop-triton

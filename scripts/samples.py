@@ -21,6 +21,8 @@ from scripts import REPO_ROOT
 from scripts.servers import bearer, read_inference_key
 from scripts.train_digits import PIXEL_MAX, digits_split
 
+SENTENCE = "A gorgeous, witty and deeply moving film; the best I have seen this year."
+
 
 def digit_png(pixels: np.ndarray, scale: int = 4) -> bytes:
     """Render an 8x8 digit (0..16, light ink) as a dark-on-light PNG, ``scale`` times larger, as a user would send."""
@@ -31,11 +33,19 @@ def digit_png(pixels: np.ndarray, scale: int = 4) -> bytes:
     return buffer.getvalue()
 
 
-def triton_image_input(module, images: list[bytes]):
-    """An ``IMAGE`` BYTES input of shape [n, 1] for tritonclient's http or grpc module."""
-    tensor = module.InferInput("IMAGE", [len(images), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array(images, dtype=np.object_).reshape(-1, 1))
+def triton_bytes_input(module, name: str, values: list):
+    """A BYTES input of shape [n, 1] (str or bytes items) for tritonclient's http or grpc module."""
+    tensor = module.InferInput(name, [len(values), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array(values, dtype=np.object_).reshape(-1, 1))
     return tensor
+
+
+def triton_image_input(module, images: list[bytes]):
+    return triton_bytes_input(module, "IMAGE", images)
+
+
+def triton_text_input(module, texts: list):
+    return triton_bytes_input(module, "TEXT", texts)
 
 
 def main() -> None:
@@ -51,15 +61,26 @@ def main() -> None:
     (REPO_ROOT / "artifacts" / "sample_digit.png").write_bytes(png)  # for the curl example the Quick start prints
     print(f"sample: a held-out handwritten digit (true label {y_test[0]}), sent as a {len(png)}-byte 32x32 PNG\n")
 
-    response = httpx.post(
-        f"{args.torchserve}/predictions/digits", content=png, headers=bearer(read_inference_key(REPO_ROOT))
-    )
+    headers = bearer(read_inference_key(REPO_ROOT))
+    response = httpx.post(f"{args.torchserve}/predictions/digits", content=png, headers=headers)
     print(f"TorchServe REST  -> HTTP {response.status_code} {json.dumps(response.json())}")
 
-    for name, module, url in (("HTTP", triton_http, args.triton_http), ("gRPC", triton_grpc, args.triton_grpc)):
+    triton_clients = (("HTTP", triton_http, args.triton_http), ("gRPC", triton_grpc, args.triton_grpc))
+    for name, module, url in triton_clients:
         result = module.InferenceServerClient(url).infer("digits", [triton_image_input(module, [png])])
-        label = result.as_numpy("LABEL")[0, 0].decode()
-        print(f"Triton {name:<9} -> label {label}, probability {result.as_numpy('PROBABILITY')[0, 0]:.6f}")
+        print(f"Triton {name:<9} -> {describe(result)}")
+
+    print(f'\nsample: the sentence "{SENTENCE}"\n')
+    response = httpx.post(f"{args.torchserve}/predictions/sentiment", json={"text": SENTENCE}, headers=headers)
+    print(f"TorchServe REST  -> HTTP {response.status_code} {json.dumps(response.json())}")
+    for name, module, url in triton_clients:
+        result = module.InferenceServerClient(url).infer("sentiment", [triton_text_input(module, [SENTENCE])])
+        print(f"Triton {name:<9} -> {describe(result)}")
+
+
+def describe(result) -> str:
+    label = result.as_numpy("LABEL")[0, 0].decode()
+    return f"label {label}, probability {result.as_numpy('PROBABILITY')[0, 0]:.6f}"
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ private instances on free ports, beside any running one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -66,22 +67,25 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def stop_process(process: subprocess.Popen | int, timeout: float = 30) -> None:
-    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
+def stop_process(process: subprocess.Popen | int, timeout: float = 30, group: bool = True) -> None:
+    """SIGTERM the server (its whole process group, or the leader alone), then SIGKILL whatever is left.
+
+    TorchServe's launcher does not forward signals to its java child, so it needs the group; tritonserver shuts its
+    Python-backend stubs down itself and waits out its exit timeout if they are killed under it, so it gets the leader.
+    """
     pid = process if isinstance(process, int) else process.pid
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if isinstance(process, subprocess.Popen):
-                if process.poll() is not None:
-                    return
-            elif not _alive(pid):
-                return
-            time.sleep(0.2)
+    try:
+        (os.killpg if group else os.kill)(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        exited = process.poll() is not None if isinstance(process, subprocess.Popen) else not _alive(pid)
+        if exited:
+            break
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)  # leftovers of the group, or the leader itself after the timeout
 
 
 def _alive(pid: int) -> bool:
@@ -110,6 +114,18 @@ def triton_backends() -> Path:
     return python_dir.parent
 
 
+def libpython_dir() -> Path | None:
+    """Where this interpreter's shared libpython lies, if it has one.
+
+    The Python backend's stub links ``libpython3.11.so.1.0`` and loads the standard library of the environment it
+    runs in (EXECUTION_ENV_PATH). Put first on the library path, this interpreter's libpython keeps both from the same
+    Python build; otherwise the system's libpython is used and C extension modules of another 3.11 patch release
+    can fail to load (seen here: ``_ssl``: undefined symbol ``_PyModule_Add`` when transformers imports ssl).
+    """
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    return Path(libdir) if libdir and soname and (Path(libdir) / soname).exists() else None
+
+
 @dataclass
 class TritonPorts:
     http: int = 8000
@@ -120,8 +136,8 @@ class TritonPorts:
 def start_triton(repository: Path, ports: TritonPorts, log_file: Path, timeout: float = 120) -> subprocess.Popen:
     """Start tritonserver on loopback and wait until every model is ready."""
     env = dict(os.environ)
-    libs = Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs"
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+    libs = [Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs", libpython_dir()]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(str(p) for p in [*libs, env.get("LD_LIBRARY_PATH")] if p)
     command = [
         str(triton_home() / "bin" / "tritonserver"),
         f"--model-repository={repository}",
@@ -134,11 +150,14 @@ def start_triton(repository: Path, ports: TritonPorts, log_file: Path, timeout: 
     ]  # fmt: skip
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # cwd: the repository, so no checkout of this project on the stub's sys.path can shadow a model's own code.
+        process = subprocess.Popen(
+            command, cwd=repository, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         wait_ready(f"http://127.0.0.1:{ports.http}/v2/health/ready", process, timeout, log_file)
     except Exception:
-        stop_process(process)
+        stop_process(process, group=False)
         raise
     return process
 
@@ -267,7 +286,7 @@ def main() -> None:
     else:
         if not TRITON_PID_FILE.exists():
             sys.exit("no run/triton.pid: tritonserver was not started by this script")
-        stop_process(int(TRITON_PID_FILE.read_text()))
+        stop_process(int(TRITON_PID_FILE.read_text()), group=False)
         TRITON_PID_FILE.unlink()
         print("tritonserver stopped")
 

@@ -1,14 +1,13 @@
 """Package an artifact into ``<model_store>/<name>.mar`` with torch-model-archiver's own code.
 
-The archive holds the handler (``torchserve_handler.py``, the entry point), the ``handlers`` package and the
-artifact under ``artifact/``: everything it needs to load on a stock TorchServe. Batch settings go into the
+The archive holds a small entry module (``torchserve_entry.py``), the ``handlers`` package and the artifact under
+``artifact/``: everything it needs to load on a stock TorchServe. Batch settings go into the
 archive's ``model-config.yaml``. torch-model-archiver copies the *contents* of a directory given in
 ``--extra-files``, so a staging directory keeps ``handlers/`` a real package.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,13 +16,15 @@ from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
 from handlers.artifact import Manifest
-from scripts import HANDLERS_DIR
+from scripts.packaging import copy_runtime, entry_point_source
 
-
-def copy_runtime(artifact_dir: Path, destination: Path) -> None:
-    """Lay out what a server needs next to its entry point: the ``handlers`` package and the artifact."""
-    shutil.copytree(HANDLERS_DIR, destination / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(artifact_dir, destination / "artifact")
+ENTRY_MODULE = "torchserve_entry"
+ENTRY_POINT = entry_point_source(
+    "TorchServe entry point of a maas-handlers archive: the handler lives in this archive's handlers package.",
+    "from handlers.torchserve_handler import MaasHandler  # noqa: E402\n\n\n"
+    "class ArchiveHandler(MaasHandler):\n"
+    '    """The one class the TorchServe loader looks for in the entry module."""',
+)
 
 
 def torchserve_model_config(manifest: Manifest) -> dict:
@@ -44,10 +45,12 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
         copy_runtime(artifact_dir, stage)
         config_file = Path(tmp) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(torchserve_model_config(manifest)))
+        entry = Path(tmp) / f"{ENTRY_MODULE}.py"
+        entry.write_text(ENTRY_POINT)
         generate_model_archive(
             ModelArchiverConfig(
                 model_name=name,
-                handler=str(HANDLERS_DIR / "torchserve_handler.py"),
+                handler=str(entry),
                 version=version,
                 extra_files=str(stage),
                 config_file=str(config_file),

@@ -20,11 +20,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from handlers.artifact import Manifest
 from handlers.pipeline import TensorSpec
 from handlers.tasks import pipeline_class
-from scripts.torchserve_archive import copy_runtime
+from scripts.packaging import copy_runtime, entry_point_source
 
-ENTRY_POINT = (
-    '"""Triton entry point: the adapter lives in the handlers package."""\n\n'
-    "from handlers.triton_model import TritonPythonModel  # noqa: F401\n"
+ENTRY_POINT = entry_point_source(
+    "Triton entry point of a maas-handlers model: the adapter lives in this version's handlers package.",
+    "from handlers.triton_model import TritonPythonModel  # noqa: E402,F401",
 )
 
 
@@ -38,6 +38,10 @@ def model_config(manifest: Manifest, name: str, python_env: Path, instances: int
         config.output.append(_tensor(mc.ModelOutput, spec))
     config.dynamic_batching.max_queue_delay_microseconds = int(serving.get("max_batch_delay_ms", 5) * 1000)
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
+    # A task may publish what a client needs to know (the tabular feature schema) in the config, through an
+    # optional classmethod ``config_parameters(manifest) -> dict[str, str]``.
+    for key, value in getattr(task, "config_parameters", lambda _: {})(manifest).items():
+        config.parameters[key].string_value = value
     config.parameters["EXECUTION_ENV_PATH"].string_value = str(python_env)
     return config
 

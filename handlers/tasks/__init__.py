@@ -13,6 +13,9 @@ from handlers.pipeline import Pipeline
 
 TASKS = {
     "image_classification": "handlers.tasks.image:ImageClassifier",
+    "text_classification": "handlers.tasks.text:TextClassifier",
+    "tabular_classification": "handlers.tasks.tabular:TabularClassifier",
+    "tabular_regression": "handlers.tasks.tabular:TabularRegressor",
 }
 
 

@@ -15,9 +15,16 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def built_models(digits_artifact, tmp_path_factory):
+def served_artifacts(digits_artifact, text_artifact, tabular_artifacts) -> list:
+    """Every artifact the session's servers load, one fixture per task (tests/fixtures/)."""
+    return [digits_artifact, text_artifact, *tabular_artifacts]
+
+
+@pytest.fixture(scope="session")
+def built_models(served_artifacts, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    build(digits_artifact, model_store=root / "model_store", triton_repository=root / "model_repository")
+    for artifact in served_artifacts:
+        build(artifact, model_store=root / "model_store", triton_repository=root / "model_repository")
     return root
 
 
@@ -34,4 +41,4 @@ def triton(built_models) -> TritonPorts:
     ports = TritonPorts(free_port(), free_port(), free_port())
     process = start_triton(built_models / "model_repository", ports, built_models / "triton.log")
     yield ports
-    stop_process(process)
+    stop_process(process, group=False)

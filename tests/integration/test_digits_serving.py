@@ -134,3 +134,25 @@ def test_mar_loads_on_a_torchserve_whose_python_lacks_this_package(torchserve, p
     )
     assert "No module named 'handlers'" in probe.stderr
     assert post_torchserve(torchserve, None, content=pngs[0]).status_code == 200
+
+
+# ---- observability ------------------------------------------------------------------------------------
+def test_per_stage_timings_are_on_both_servers_metrics(torchserve, triton, pngs):
+    post_torchserve(torchserve, None, content=pngs[0]).raise_for_status()
+    triton_infer(triton_http, f"127.0.0.1:{triton.http}", pngs[:2])
+    ts_metrics = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
+    for name in ("MaasPreprocessMs", "MaasForwardMs", "MaasPostprocessMs", "MaasRows", "ts_queue_latency_microseconds"):
+        assert _metric_total(ts_metrics, name, 'ModelName="digits"' if name.startswith("Maas") else "digits") > 0
+    triton_metrics = httpx.get(f"http://127.0.0.1:{triton.metrics}/metrics", timeout=10).text
+    for stage in ("preprocess", "forward", "postprocess"):
+        assert _metric_total(triton_metrics, "maas_stage_duration_ms_total", f'stage="{stage}"', 'model="digits"') > 0
+    assert _metric_total(triton_metrics, "nv_inference_queue_duration_us", 'model="digits"') > 0
+
+
+def _metric_total(text: str, name: str, *fragments: str) -> float:
+    """Sum of a Prometheus metric's samples whose label set holds every fragment."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and all(f in line for f in fragments)
+    )

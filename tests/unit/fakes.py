@@ -15,12 +15,26 @@ class FakeContext:
         self.system_properties = {"model_dir": model_dir, "gpu_id": None}
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.metrics = FakeMetrics()
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         self.statuses[idx] = (code, phrase)
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+
+class FakeMetrics:
+    """Sums what a handler reports through ``context.metrics``."""
+
+    def __init__(self):
+        self.totals: dict[str, float] = {}
+
+    def add_time(self, name, value, idx=None, unit="ms", dimensions=None, metric_type=None):
+        self.totals[name] = self.totals.get(name, 0) + value
+
+    def add_counter(self, name, value, idx=None, dimensions=None):
+        self.totals[name] = self.totals.get(name, 0) + value
 
 
 def install_fake_pb_utils() -> types.ModuleType:
@@ -57,11 +71,27 @@ def install_fake_pb_utils() -> types.ModuleType:
         def __init__(self, output_tensors=None, error=None):
             self.output_tensors, self.error = output_tensors or [], error
 
+    class MetricFamily:
+        COUNTER, GAUGE = "COUNTER", "GAUGE"
+        totals: dict[tuple, float] = {}
+
+        def __init__(self, name, description, kind):
+            self.name = name
+
+        def Metric(self, labels):  # noqa: N802 - the real API's spelling
+            family, key = self, (self.name, tuple(sorted(labels.items())))
+
+            class Metric:
+                def increment(self, value):
+                    family.totals[key] = family.totals.get(key, 0) + value
+
+            return Metric()
+
     def get_input_tensor_by_name(request, name):
         return next((t for t in request.inputs if t.name() == name), None)
 
     types_map = {"TYPE_FP32": np.float32, "TYPE_STRING": np.object_, "BYTES": np.object_, "TYPE_INT64": np.int64}
-    module.Tensor, module.TritonError = Tensor, TritonError
+    module.Tensor, module.TritonError, module.MetricFamily = Tensor, TritonError, MetricFamily
     module.InferenceRequest, module.InferenceResponse = InferenceRequest, InferenceResponse
     module.get_input_tensor_by_name = get_input_tensor_by_name
     module.triton_string_to_numpy = types_map.__getitem__

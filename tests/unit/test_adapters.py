@@ -34,6 +34,8 @@ def test_torchserve_handler_sets_status_per_request(built, held_out_digits):
     assert answers[0]["label"] == answers[2]["label"] == str(held_out_digits[1][0])
     assert context.statuses == {1: (400, answers[1]["error"]["message"])}
     assert set(context.content_types.values()) == {"application/json"}
+    assert context.metrics.totals["MaasRows"] == 2 and context.metrics.totals["MaasBatches"] == 1
+    assert context.metrics.totals["MaasForwardMs"] > 0
 
 
 def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digits):
@@ -50,7 +52,14 @@ def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digit
         }
     )
     model = TritonPythonModel()
-    model.initialize({"model_config": config, "model_repository": str(built / "repo" / "digits"), "model_version": "1"})
+    model.initialize(
+        {
+            "model_config": config,
+            "model_name": "digits",
+            "model_repository": str(built / "repo" / "digits"),
+            "model_version": "1",
+        }
+    )
     images = held_out_digits[0][:3]
     good = pb.InferenceRequest([pb.Tensor("PIXELS", images.astype(np.float32))])
     bad = pb.InferenceRequest([pb.Tensor("IMAGE", np.array([[b"junk"]], dtype=np.object_))])
@@ -59,3 +68,4 @@ def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digit
     labels = {t.name(): t.as_numpy() for t in responses[0].output_tensors}["LABEL"]
     assert [v.decode() for v in labels[:, 0]] == [str(y) for y in held_out_digits[1][:3]]
     assert responses[1].error.code() == "INVALID_ARG" and "could not decode" in responses[1].error.message()
+    assert pb.MetricFamily.totals[("maas_rows_total", (("model", "digits"),))] == 3

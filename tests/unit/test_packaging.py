@@ -29,13 +29,13 @@ def test_mar_carries_runtime_code_artifact_and_batch_settings(digits_artifact, t
     build(digits_artifact, model_store=tmp_path, triton_repository=None)
     with zipfile.ZipFile(tmp_path / "digits.mar") as mar:
         names = set(mar.namelist())
-        assert {"torchserve_handler.py", "handlers/pipeline.py", "handlers/tasks/image.py"} <= names
+        assert {"torchserve_entry.py", "handlers/pipeline.py", "handlers/tasks/image.py"} <= names
         assert {"artifact/pipeline.json", "artifact/model.safetensors", "MAR-INF/MANIFEST.json"} <= names
         assert not any("__pycache__" in n or n.startswith("scripts/") for n in names)
         config = yaml.safe_load(mar.read("model-config.yaml"))
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
     assert config["batchSize"] == 32 and config["maxBatchDelay"] == 5
-    assert manifest["model"]["handler"] == "torchserve_handler.py"
+    assert manifest["model"]["handler"] == "torchserve_entry.py"
 
 
 def test_triton_config_is_valid_by_schema(digits_artifact, tmp_path):

@@ -1,0 +1,94 @@
+"""Text classification with a fine-tuned BERT-family model (Hugging Face format, loaded from the artifact only).
+
+Contracts
+* TorchServe: JSON ``{"text": "..."}`` (one answer object) or ``{"text": ["...", ...]}`` (a list of answers, in
+  order), or a ``text/plain`` body holding one text. Answer: ``{"label", "probability", "top_k"}``.
+* Triton: ``TEXT`` (BYTES ``[n, 1]``; UTF-8 bytes or str); outputs ``LABEL``, ``PROBABILITY``, ``PROBABILITIES``.
+
+Each text is tokenized alone, so an empty, non-string or non-UTF-8 item is that request's 400 and nobody else's.
+Texts longer than the manifest's ``max_length`` tokens are truncated (the head is kept), as in training; a text over
+``max_text_chars`` characters is refused with 413 before tokenizing. A batch is padded to its longest text, not to
+``max_length``, and runs as one forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from handlers.artifact import Manifest
+from handlers.classification import Classifier
+from handlers.errors import InvalidInput, PayloadTooLarge
+from handlers.pipeline import Request, TensorSpec, decode_json_body
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # artifacts are self-contained; never reach for a model hub
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()  # progress bars would flood the servers' logs at every model load
+
+
+class TextClassifier(Classifier):
+    def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
+        super().__init__(manifest, artifact_dir, device)
+        self.max_length = int(manifest.preprocess.get("max_length", 128))
+        self.max_text_chars = int(manifest.serving.get("max_text_chars", 20000))
+        self.tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            artifact_dir, local_files_only=True, use_safetensors=True
+        )
+        self.model.to(device).eval()
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    # ---- wire formats -------------------------------------------------------------------------------
+    def parse_json(self, body: Any) -> Request:
+        if isinstance(body, str) or (isinstance(body, (bytes, bytearray)) and body.lstrip()[:1] != b"{"):
+            return Request([body], single=True)  # a text/plain body; decoded and checked in preprocess
+        body = decode_json_body(body)
+        if not isinstance(body, dict) or "text" not in body:
+            raise InvalidInput('send JSON {"text": "..."} or {"text": ["...", ...]}')
+        text = body["text"]
+        return Request(text, single=False) if isinstance(text, list) else Request([text], single=True)
+
+    def parse_tensors(self, tensors: dict[str, np.ndarray]) -> Request:
+        if "TEXT" not in tensors:
+            raise InvalidInput("the input TEXT is required")
+        return Request(list(tensors["TEXT"].reshape(-1)))
+
+    @classmethod
+    def input_specs(cls, manifest: Manifest) -> list[TensorSpec]:
+        return [TensorSpec("TEXT", "TYPE_STRING", (1,))]
+
+    # ---- the model ----------------------------------------------------------------------------------
+    def preprocess(self, row: Any) -> list[int]:
+        if isinstance(row, (bytes, bytearray, np.bytes_)):
+            try:
+                row = bytes(row).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"the text is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if not isinstance(row, str):
+            raise InvalidInput(f"a text must be a string, got {type(row).__name__}")
+        if not row.strip():
+            raise InvalidInput("the text is empty")
+        if len(row) > self.max_text_chars:
+            raise PayloadTooLarge(f"the text has {len(row)} characters; at most {self.max_text_chars} are accepted")
+        return self.tokenizer(row, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def collate(self, features: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Pad to the longest text of this batch (right padding, as the tokenizer was trained)."""
+        longest = max(len(ids) for ids in features)
+        input_ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for i, ids in enumerate(features):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention_mask[i, : len(ids)] = 1
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(**batch).logits

@@ -1,0 +1,29 @@
+"""What both packagers lay out beside a server's entry point: the runtime package, the artifact, the entry module."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from scripts import HANDLERS_DIR
+
+
+def copy_runtime(artifact_dir: Path, destination: Path) -> None:
+    """Copy the ``handlers`` package and the artifact (as ``artifact/``) into ``destination``."""
+    shutil.copytree(HANDLERS_DIR, destination / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(artifact_dir, destination / "artifact")
+
+
+def entry_point_source(docstring: str, body: str) -> str:
+    """Source of an entry module that puts its own directory first on sys.path before importing ``handlers``.
+
+    Servers import entry modules with their working directory or other paths ahead of the model's directory;
+    without this, a checkout of this project there would shadow the packaged copy of ``handlers``.
+    """
+    return (
+        f'"""{docstring}"""\n\n'
+        "import sys\n"
+        "from pathlib import Path\n\n"
+        "sys.path.insert(0, str(Path(__file__).resolve().parent))\n\n"
+        f"{body}\n"
+    )

@@ -1,0 +1,272 @@
+"""Train a tabular classifier or regressor from a CSV file (or a bundled scikit-learn example) into an artifact.
+
+    .venv/bin/python -m scripts.train_tabular --csv data.csv --target COLUMN [--task classification|regression]
+        [--model auto|logistic|softmax|mlp|linear] [--out artifacts/NAME] [--name NAME] [--epochs 100] [--seed 0]
+    .venv/bin/python -m scripts.train_tabular --example breast_cancer|wine|diabetes
+
+Every column but the target is a feature and must be numeric: whole numbers ("int"), other numbers ("float") or
+true/false ("bool"). A text column or an empty cell is refused with its name: encode or fill it first, so that
+what the server validates is exactly what the model saw. Without ``--task``, a text target, or a whole-number
+one with at most 10 distinct values, means classification. ``auto`` picks logistic regression for two classes,
+softmax regression for more, and a feed-forward network (``mlp``) for regression.
+
+The split is seeded, 20% held out (stratified for classification). Standardisation statistics are learned on
+the training rows only and stored with the feature schema in ``pipeline.json``; the held-out accuracy or R^2 is
+printed and stored in ``metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from sklearn import datasets
+from sklearn.metrics import r2_score
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from handlers.artifact import Manifest, write_artifact_manifest
+from handlers.nets import build_module
+from handlers.tasks.tabular import FeatureSchema
+from scripts import ARTIFACTS_DIR
+from scripts.training import fit, predict_logits, seed_everything
+
+MAX_CLASSES_INFERRED = 10  # a whole-number target with more distinct values is taken for a quantity
+EXAMPLES = {  # name -> (loader, task, model)
+    "breast_cancer": (datasets.load_breast_cancer, "classification", "logistic"),
+    "wine": (datasets.load_wine, "classification", "mlp"),
+    "diabetes": (lambda: datasets.load_diabetes(scaled=False), "regression", "mlp"),
+}
+# Per model family: learning rate and weight decay for scripts.training.fit (AdamW, cosine schedule).
+OPTIMISER = {"logistic": (1e-2, 1e-3), "softmax": (1e-2, 1e-3), "linear": (1e-2, 1e-3), "mlp": (1e-3, 1e-2)}
+# Strong dropout: tables here are small (hundreds of rows) and an unregularised MLP overfits them quickly.
+MLP_HIDDEN, MLP_DROPOUT = [64, 64], 0.5
+
+
+@dataclass
+class Table:
+    """A numeric table ready to train on: raw features, and class indices or target values."""
+
+    name: str
+    task: str  # "classification" | "regression"
+    features: list[str]
+    types: list[str]  # "float" | "int" | "bool", per feature
+    x: np.ndarray  # [rows, features] float64, raw
+    y: np.ndarray  # class index (int64) or value (float64) per row
+    target: str
+    labels: list[str] | None = None  # class names, indexed by y
+
+
+# ---- reading tables -------------------------------------------------------------------------------------
+def load_csv(path: Path, target: str, task: str | None = None, name: str | None = None) -> Table:
+    """Read a CSV with a header row; refuse text features, empty cells and an absent target, naming them."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        rows = [r for r in reader if any(cell.strip() for cell in r)]
+    if target not in header:
+        raise SystemExit(f"{path}: no column {target!r}; columns: {header}")
+    if not rows:
+        raise SystemExit(f"{path}: no data rows")
+    columns = {h: [] for h in header}
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise SystemExit(f"{path}:{line}: {len(row)} cells, expected {len(header)}")
+        for h, cell in zip(header, row, strict=True):
+            if not cell.strip():
+                raise SystemExit(f"{path}:{line}: column {h!r} is empty; fill or drop missing values first")
+            columns[h].append(cell.strip())
+    features = [h for h in header if h != target]
+    types = {h: _column_type(columns[h]) for h in features}
+    text = [h for h in features if types[h] is None]
+    if text:
+        examples = ", ".join(f"{h!r} (e.g. {columns[h][0]!r})" for h in text[:5])
+        raise SystemExit(f"{path}: non-numeric feature columns: {examples}; encode them as numbers first")
+    x = np.array([[_number(v) for v in columns[h]] for h in features], dtype=np.float64).T
+    task = task or _infer_task(columns[target])
+    print(f"{path}: {len(rows)} rows, {len(features)} features, target {target!r} -> {task}")
+    values, labels = columns[target], None
+    if task == "regression":
+        if _column_type(values) not in ("int", "float"):
+            raise SystemExit(f"{path}: regression needs a numeric target; {target!r} is not")
+        y = np.array([float(v) for v in values])
+    else:
+        labels = sorted(set(values), key=_label_order(values))
+        y = np.array([labels.index(v) for v in values], dtype=np.int64)
+    name = name or _model_name(path.stem)
+    return Table(name, task, features, [types[h] for h in features], x, y, target, labels)
+
+
+def load_example(name: str) -> Table:
+    """One of scikit-learn's bundled data sets, as a ``Table`` (class names from its ``target_names``)."""
+    loader, task, _ = EXAMPLES[name]
+    data = loader()
+    features = [str(f) for f in data.feature_names]
+    labels = [str(t) for t in data.target_names] if task == "classification" else None
+    y = data.target.astype(np.int64 if labels else np.float64)
+    return Table(name, task, features, ["float"] * len(features), data.data.astype(np.float64), y, "target", labels)
+
+
+def _column_type(values: list[str]) -> str | None:
+    if all(v.lower() in ("true", "false") for v in values):
+        return "bool"
+    numbers = [_number(v) for v in values]
+    if any(n is None or not np.isfinite(n) for n in numbers):
+        return None
+    return "int" if all(re.fullmatch(r"[+-]?\d+", v) for v in values) else "float"
+
+
+def _number(value: str) -> float | None:
+    if value.lower() in ("true", "false"):
+        return float(value.lower() == "true")
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _infer_task(target: list[str]) -> str:
+    kind = _column_type(target)
+    whole = kind in ("int", "bool")
+    return "classification" if kind is None or (whole and len(set(target)) <= MAX_CLASSES_INFERRED) else "regression"
+
+
+def _label_order(values: list[str]):
+    """Numeric labels sort as numbers (2 before 10), others as text."""
+    numeric = _column_type(values) in ("int", "float")
+    return (lambda v: (float(v), v)) if numeric else str
+
+
+def _model_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "tabular"
+
+
+# ---- training -------------------------------------------------------------------------------------------
+def split_table(table: Table, seed: int = 0, test_size: float = 0.2):
+    """The fixed, seeded train / held-out split: ``x_train, x_test, y_train, y_test`` (raw features)."""
+    stratify = table.y if table.task == "classification" else None
+    return train_test_split(table.x, table.y, test_size=test_size, random_state=seed, stratify=stratify)
+
+
+def model_spec(table: Table, model: str = "auto") -> tuple[str, dict]:
+    """``(model family, {"architecture", "config"})`` for ``nets.build_module``."""
+    classes = len(table.labels or [])
+    if model == "auto":
+        model = "mlp" if table.task == "regression" else "logistic" if classes == 2 else "softmax"
+    allowed = {"classification": ("logistic", "softmax", "mlp"), "regression": ("linear", "mlp")}[table.task]
+    if model not in allowed:
+        raise SystemExit(f"--model {model} does not fit {table.task}; choose one of {list(allowed)}")
+    if model == "logistic" and classes != 2:
+        raise SystemExit(f"logistic regression needs 2 classes, the target has {classes}; use softmax or mlp")
+    n_features, n_outputs = len(table.features), classes if table.task == "classification" else 1
+    if model == "logistic":
+        return model, {"architecture": "logistic_regression", "config": {"n_features": n_features}}
+    hidden = MLP_HIDDEN if model == "mlp" else []
+    config = {"n_features": n_features, "n_outputs": n_outputs, "hidden": hidden}
+    return model, {"architecture": "feed_forward", "config": config | ({"dropout": MLP_DROPOUT} if hidden else {})}
+
+
+@contextmanager
+def single_thread():
+    """Models this small train several times faster on one thread: more only adds synchronisation, and under
+    a busy CPU (another job, a test session) torch's thread pool thrashes (measured 10x slower on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train(table: Table, out: Path, model: str = "auto", epochs: int = 100, seed: int = 0) -> Manifest:
+    """Fit on the training split, score the held-out rows, write ``model.safetensors`` + ``pipeline.json``."""
+    with single_thread():
+        return _train(table, out, model, epochs, seed)
+
+
+def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manifest:
+    seed_everything(seed)
+    family, spec = model_spec(table, model)
+    x_train, x_test, y_train, y_test = split_table(table, seed)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    features = [
+        {"name": n, "type": t, "mean": float(m), "std": float(s) if s > 0 else 1.0}
+        for n, t, m, s in zip(table.features, table.types, mean, std, strict=True)
+    ]
+    schema = FeatureSchema(features)
+    xt, xv = (torch.from_numpy(schema.standardise(x)) for x in (x_train, x_test))
+    classification = table.task == "classification"
+    target = {"name": table.target}
+    if classification:
+        yt, loss = torch.from_numpy(y_train), nn.CrossEntropyLoss()
+    else:
+        target |= {"mean": float(y_train.mean()), "std": float(y_train.std()) or 1.0}
+        yt, loss = torch.from_numpy((y_train - target["mean"]) / target["std"]).float()[:, None], nn.MSELoss()
+
+    def score(m: nn.Module) -> float:
+        out = predict_logits(m, xv)
+        if classification:
+            return float((out.argmax(1).numpy() == y_test).mean())
+        return float(r2_score(y_test, out[:, 0].double().numpy() * target["std"] + target["mean"]))
+
+    metric = "held_out_accuracy" if classification else "held_out_r2"
+    network = build_module(spec["architecture"], spec["config"])
+    print(f"training {family} ({spec['architecture']}) on {len(xt)} rows, holding out {len(xv)}")
+    lr, weight_decay = OPTIMISER[family]
+    fit(network, xt, yt, loss, epochs, lr=lr, weight_decay=weight_decay, evaluate=lambda m: f"{metric} {score(m):.4f}")
+    held_out = score(network)
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(network.state_dict(), str(out / "model.safetensors"))
+    serving = {"max_batch_size": 32, "max_batch_delay_ms": 5, "max_rows_per_request": 32}
+    manifest = Manifest(
+        name=table.name,
+        task=f"tabular_{table.task}",
+        labels=table.labels,
+        model={**spec, "format": "safetensors", "file": "model.safetensors"},
+        preprocess={"features": features, "target": target},
+        serving=serving | ({"top_k": min(3, len(table.labels))} if classification else {}),
+        metrics={metric: round(held_out, 4), "held_out_rows": len(xv), "train_rows": len(xt), "seed": seed},
+    )
+    write_artifact_manifest(out, manifest)
+    print(f"{metric.replace('_', ' ')} {held_out:.4f}; artifact written to {out}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> Manifest:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="a CSV file with a header row")
+    source.add_argument("--example", choices=sorted(EXAMPLES), help="a bundled scikit-learn data set")
+    parser.add_argument("--target", help="the column to predict (with --csv)")
+    parser.add_argument("--task", choices=["classification", "regression"], help="default: inferred from the target")
+    parser.add_argument("--model", choices=["auto", "logistic", "softmax", "mlp", "linear"], default="auto")
+    parser.add_argument("--name", help="model name on the servers (default: the CSV's or example's name)")
+    parser.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME)")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.example and (args.target or args.task):
+        parser.error("--target and --task go with --csv; an example knows its own")
+    if args.csv:
+        if not args.target:
+            parser.error("--csv needs --target")
+        table = load_csv(args.csv, args.target, args.task, args.name)
+        model = args.model
+    else:
+        table = load_example(args.example)
+        table.name = args.name or table.name
+        model = EXAMPLES[args.example][2] if args.model == "auto" else args.model
+    return train(table, args.out or ARTIFACTS_DIR / table.name, model, args.epochs, args.seed)
+
+
+if __name__ == "__main__":
+    main()

