@@ -10,6 +10,7 @@ checksums are verified first, so a corrupted artifact is never packaged.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,15 @@ def build(
     triton_repository: Path | None = TRITON_REPOSITORY,
     python_env: Path = Path(sys.prefix),
     name: str | None = None,
+    serving: dict | None = None,
 ) -> dict[str, float]:
-    """Build what is asked for; return the seconds each build took."""
+    """Build what is asked for; return the seconds each build took.
+
+    ``serving`` overrides the manifest's serving settings for these builds only (batch size, batch delay): the
+    benchmark's naive baseline is the same artifact built with ``{"max_batch_size": 1}``.
+    """
     manifest = read_manifest(artifact_dir)
+    manifest.serving = {**manifest.serving, **(serving or {})}
     name = name or manifest.name
     seconds = {}
     if model_store is not None:
@@ -50,6 +57,14 @@ def main() -> None:
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--triton-repository", type=Path, default=TRITON_REPOSITORY)
     parser.add_argument("--only", choices=["torchserve", "triton"], help="build for one server only")
+    parser.add_argument("--name", help="model name on the servers (one artifact only; default: the manifest's)")
+    parser.add_argument(
+        "--serving",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a serving setting, e.g. --serving max_batch_delay_ms=2 --serving max_batch_size=1",
+    )
     parser.add_argument(
         "--python-env",
         type=Path,
@@ -57,12 +72,17 @@ def main() -> None:
         help="Python environment Triton's stub runs the model in (default: this one)",
     )
     args = parser.parse_args()
+    if args.name and len(args.artifacts) > 1:
+        parser.error("--name needs exactly one artifact")
+    serving = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.serving)}
     for artifact in args.artifacts:
         build(
             artifact,
             model_store=None if args.only == "triton" else args.model_store,
             triton_repository=None if args.only == "torchserve" else args.triton_repository,
             python_env=args.python_env.resolve(),
+            name=args.name,
+            serving=serving,
         )
 
 

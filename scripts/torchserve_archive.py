@@ -33,7 +33,7 @@ def torchserve_model_config(manifest: Manifest) -> dict:
         "minWorkers": 1,
         "maxWorkers": 1,
         "batchSize": int(serving.get("max_batch_size", 1)),
-        "maxBatchDelay": int(serving.get("max_batch_delay_ms", 5)),
+        "maxBatchDelay": int(serving.get("max_batch_delay_ms", 1)),
         "responseTimeout": int(serving.get("response_timeout_s", 60)),
     }
 

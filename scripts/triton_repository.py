@@ -36,7 +36,8 @@ def model_config(manifest: Manifest, name: str, python_env: Path, instances: int
         config.input.append(_tensor(mc.ModelInput, spec))
     for spec in task.output_specs(manifest):
         config.output.append(_tensor(mc.ModelOutput, spec))
-    config.dynamic_batching.max_queue_delay_microseconds = int(serving.get("max_batch_delay_ms", 5) * 1000)
+    if config.max_batch_size > 1:  # with a single row per execute there is nothing to batch
+        config.dynamic_batching.max_queue_delay_microseconds = int(serving.get("max_batch_delay_ms", 1) * 1000)
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
     # A task may publish what a client needs to know (the tabular feature schema) in the config, through an
     # optional classmethod ``config_parameters(manifest) -> dict[str, str]``.
