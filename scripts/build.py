@@ -13,12 +13,20 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from handlers.artifact import read_manifest
+from handlers.artifact import Manifest, read_manifest
 from scripts import MODEL_STORE, TRITON_REPOSITORY
 from scripts.torchserve_archive import build_mar
 from scripts.triton_repository import build_triton_model
+
+
+def for_server(manifest: Manifest, server: str, overrides: dict | None) -> Manifest:
+    """The manifest as one server's builder sees it: generic serving settings, then the artifact's section for
+    that server (``serving.torchserve`` / ``serving.triton``), then the build's overrides."""
+    serving = manifest.serving
+    return replace(manifest, serving={**serving, **serving.get(server, {}), **(overrides or {})})
 
 
 def build(
@@ -35,17 +43,18 @@ def build(
     benchmark's naive baseline is the same artifact built with ``{"max_batch_size": 1}``.
     """
     manifest = read_manifest(artifact_dir)
-    manifest.serving = {**manifest.serving, **(serving or {})}
     name = name or manifest.name
     seconds = {}
     if model_store is not None:
         start = time.perf_counter()
-        path = build_mar(artifact_dir, manifest, model_store, name)
+        path = build_mar(artifact_dir, for_server(manifest, "torchserve", serving), model_store, name)
         seconds["torchserve"] = time.perf_counter() - start
         print(f"built {path} in {seconds['torchserve']:.1f}s")
     if triton_repository is not None:
         start = time.perf_counter()
-        path = build_triton_model(artifact_dir, manifest, triton_repository, name, python_env)
+        path = build_triton_model(
+            artifact_dir, for_server(manifest, "triton", serving), triton_repository, name, python_env
+        )
         seconds["triton"] = time.perf_counter() - start
         print(f"built {path} in {seconds['triton']:.1f}s")
     return seconds

@@ -33,7 +33,9 @@ def torchserve_model_config(manifest: Manifest) -> dict:
         "minWorkers": 1,
         "maxWorkers": 1,
         "batchSize": int(serving.get("max_batch_size", 1)),
-        "maxBatchDelay": int(serving.get("max_batch_delay_ms", 1)),
+        # Measured (reports/benchmark.md): 1 ms keeps single requests fast and batches fill from the queue under
+        # load; 0 is a trap, TorchServe then waits ~100 ms for every batch.
+        "maxBatchDelay": max(1, int(serving.get("max_batch_delay_ms", 1))),
         "responseTimeout": int(serving.get("response_timeout_s", 60)),
     }
 

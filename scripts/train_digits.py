@@ -75,7 +75,7 @@ def train(out: Path, epochs: int = 30, seed: int = 0) -> Manifest:
         labels=[str(d) for d in range(10)],
         model={**MODEL, "format": "safetensors", "file": "model.safetensors"},
         preprocess={"channels": 1, "height": 8, "width": 8, "pixel_max": PIXEL_MAX, "invert": True},
-        serving={"max_batch_size": 32, "max_batch_delay_ms": 5, "max_rows_per_request": 32, "top_k": 3},
+        serving={"max_batch_size": 32, "max_rows_per_request": 32, "top_k": 3},
         metrics={"held_out_accuracy": round(held_out, 4), "held_out_rows": len(xv), "seed": seed},
     )
     write_artifact_manifest(out, manifest)

@@ -226,7 +226,7 @@ def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manif
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(network.state_dict(), str(out / "model.safetensors"))
-    serving = {"max_batch_size": 32, "max_batch_delay_ms": 5, "max_rows_per_request": 32}
+    serving = {"max_batch_size": 32, "max_rows_per_request": 32}
     manifest = Manifest(
         name=table.name,
         task=f"tabular_{table.task}",

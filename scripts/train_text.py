@@ -98,7 +98,6 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
         preprocess={"max_length": MAX_LENGTH},
         serving={
             "max_batch_size": 32,
-            "max_batch_delay_ms": 5,
             "max_rows_per_request": 32,
             "top_k": 2,
             "max_text_chars": 20000,

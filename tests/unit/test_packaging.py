@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from handlers.artifact import read_manifest
-from scripts.build import build
+from scripts.build import build, for_server
 
 
 def test_tampered_artifact_is_refused(digits_artifact, tmp_path):
@@ -34,7 +34,7 @@ def test_mar_carries_runtime_code_artifact_and_batch_settings(digits_artifact, t
         assert not any("__pycache__" in n or n.startswith("scripts/") for n in names)
         config = yaml.safe_load(mar.read("model-config.yaml"))
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-    assert config["batchSize"] == 32 and config["maxBatchDelay"] == 5
+    assert config["batchSize"] == 32 and config["maxBatchDelay"] == 1
     assert manifest["model"]["handler"] == "torchserve_entry.py"
 
 
@@ -48,8 +48,23 @@ def test_triton_config_is_valid_by_schema(digits_artifact, tmp_path):
     ]
     assert [o.name for o in config.output] == ["LABEL", "PROBABILITY", "PROBABILITIES"]
     assert config.output[2].dims == [10]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0
     assert config.parameters["EXECUTION_ENV_PATH"].string_value == str(tmp_path / "env")
     version = tmp_path / "digits" / "1"
     assert (version / "model.py").is_file() and (version / "handlers" / "triton_model.py").is_file()
     assert read_manifest(version / "artifact").name == "digits"
+
+
+def test_per_server_settings_and_the_naive_build(digits_artifact, tmp_path):
+    """The artifact's per-server section beats its generic settings; build overrides beat both."""
+    build(digits_artifact, tmp_path / "store", tmp_path / "repo", name="naive", serving={"max_batch_size": 1})
+    naive = text_format.Parse((tmp_path / "repo" / "naive" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert naive.max_batch_size == 1 and not naive.HasField("dynamic_batching")
+    with zipfile.ZipFile(tmp_path / "store" / "naive.mar") as mar:
+        assert yaml.safe_load(mar.read("model-config.yaml"))["batchSize"] == 1
+
+    manifest = read_manifest(digits_artifact)
+    manifest.serving = {"max_batch_delay_ms": 5, "triton": {"max_batch_delay_ms": 2}}
+    assert for_server(manifest, "triton", None).serving["max_batch_delay_ms"] == 2
+    assert for_server(manifest, "torchserve", None).serving["max_batch_delay_ms"] == 5
+    assert for_server(manifest, "triton", {"max_batch_delay_ms": 3}).serving["max_batch_delay_ms"] == 3
