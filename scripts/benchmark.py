@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +45,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from handlers.artifact import read_manifest
 from handlers.tasks import load_pipeline
 from scripts import ARTIFACTS_DIR, REPO_ROOT
-from scripts.build import build
+from scripts.build import build, for_server
 from scripts.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
 from scripts.samples import digit_png, triton_image_input, triton_text_input
 from scripts.servers import TritonPorts, bearer, free_port, start_torchserve, start_triton, stop_process
@@ -190,6 +194,11 @@ def best_of(passes: list[list[dict]]) -> list[dict]:
     return best
 
 
+def in_process_ms_at(in_process: list[dict], batch: float) -> float:
+    """In-process milliseconds per call of ``batch`` one-item requests (from the interpolated items/s)."""
+    return batch / in_process_at(in_process, batch) * 1e3
+
+
 def in_process_at(in_process: list[dict], batch: float) -> float:
     """In-process items/s at a (fractional) batch size: linear in log2(batch size), clamped at the ends."""
     sizes = np.log2([p["batch_size"] for p in in_process])
@@ -281,6 +290,31 @@ def sum_deltas(deltas: list[dict]) -> dict[str, float]:
         for k, v in delta.items():
             total[k] = total.get(k, 0.0) + v
     return total
+
+
+def served_settings(root: Path, name: str) -> dict:
+    """The batch settings each server was given, read back from the built ``.mar`` and ``config.pbtxt``."""
+    with zipfile.ZipFile(root / "model_store" / f"{name}.mar") as mar:
+        ts = yaml.safe_load(mar.read(next(n for n in mar.namelist() if n.endswith("model-config.yaml"))))
+    config = text_format.Parse((root / "model_repository" / name / "config.pbtxt").read_text(), mc.ModelConfig())
+    triton = {"max_batch_size": config.max_batch_size, "dynamic_batching": config.HasField("dynamic_batching")}
+    if triton["dynamic_batching"]:
+        triton["max_queue_delay_us"] = config.dynamic_batching.max_queue_delay_microseconds
+    return {
+        "torchserve": {"batchSize": ts.get("batchSize"), "maxBatchDelay_ms": ts.get("maxBatchDelay")},
+        "triton": triton,
+    }
+
+
+def describe_served(served: dict) -> str:
+    """``served_settings`` in words, e.g. for the report's model sections."""
+    parts = []
+    for name, settings in served.items():
+        ts, triton = settings["torchserve"], settings["triton"]
+        delay = f"max_queue_delay {triton['max_queue_delay_us']} us" if triton["dynamic_batching"] else "none"
+        parts.append(f"`{name}`: TorchServe batchSize {ts['batchSize']}, maxBatchDelay {ts['maxBatchDelay_ms']} ms; "
+                     f"Triton max_batch_size {triton['max_batch_size']}, dynamic batching {delay}")  # fmt: skip
+    return "; ".join(parts)
 
 
 # ---- servers ---------------------------------------------------------------------------------------------
@@ -384,7 +418,10 @@ def run(args) -> dict:
         result["models"][model.name] = {
             "task": model.task,
             "requests": model.description,
-            "serving": {server: {**manifest.serving, **o} for server, o in per_server(args.serving).items()},
+            "serving": {
+                server: {k: v for k, v in for_server(manifest, server, o).serving.items() if k not in SERVERS}
+                for server, o in per_server(args.serving).items()
+            },
             "in_process_passes": [measure_in_process(model, seconds=args.in_process_seconds)],
             "series": {},
         }
@@ -399,6 +436,9 @@ def run(args) -> dict:
                 build(model.artifact, **where, serving=serving)
                 if args.naive:  # the same model, one request per forward pass
                     build(model.artifact, **where, name=f"{model.name}_naive", serving={**serving, "max_batch_size": 1})
+            result["models"][model.name]["served"] = {
+                name: served_settings(root, name) for name in [model.name] + [f"{model.name}_naive"] * args.naive
+            }
         servers = Servers(root)
         try:
             servers.start()
@@ -597,11 +637,14 @@ def render_markdown(result: dict) -> str:
     out += [f"Errors (non-200 answers, all points, warm-ups included): **{errors}**.", ""]
     out += ["## Where time goes (the servers' own metrics)", "", breakdown_table(result), ""]
     for model, data in result["models"].items():
-        settings = "; ".join(
-            f"{server}: " + ", ".join(f"{k}={v}" for k, v in serving.items())
-            for server, serving in data["serving"].items()
-        )
-        out += [f"## {model}", "", f"Requests: {data['requests']}. Serving settings (batched builds) - {settings}.", ""]
+        if "served" in data:
+            settings = "Served with " + describe_served(data["served"])
+        else:
+            settings = "Serving settings (batched builds) - " + "; ".join(
+                f"{server}: " + ", ".join(f"{k}={v}" for k, v in serving.items())
+                for server, serving in data["serving"].items()
+            )
+        out += [f"## {model}", "", f"Requests: {data['requests']}. {settings}.", ""]
         out += ["In-process (`handle_tensors`, b one-item requests per call; the limit is the better of a pass "
                 "before the servers start and one after they stop):", ""]  # fmt: skip
         out.append(table(["batch size", "items/s", "ms per batch (p50)", "items/s per pass"],
@@ -630,21 +673,26 @@ def breakdown_table(result: dict) -> str:
         for series in data["series"].values():
             for point in [p for p in series["points"] if p["concurrency"] in BREAKDOWN_AT]:
                 b = point["server"]
+                batch, handler = b.get("avg_batch"), b.get("handler_ms_per_batch")
+                slowdown = handler / in_process_ms_at(data["in_process"], batch) if batch and handler else None
                 rows.append([
-                    model, series["label"], point["concurrency"], _f(b.get("avg_batch")),
-                    _f(b.get("queue_ms_per_request"), 2), _f(b.get("server_ms_per_request"), 2),
-                    _f(b.get("handler_ms_per_batch"), 2), _f(b.get("preprocess_ms_per_row"), 3),
-                    _f(b.get("forward_ms_per_row"), 3), _f(b.get("postprocess_ms_per_row"), 3),
+                    model, series["label"], point["concurrency"], _f(batch), _f(b.get("queue_ms_per_request"), 2),
+                    _f(b.get("server_ms_per_request"), 2), _f(handler, 2), _f(slowdown, 2),
+                    _f(b.get("preprocess_ms_per_row"), 3), _f(b.get("forward_ms_per_row"), 3),
+                    _f(b.get("postprocess_ms_per_row"), 3),
                 ])  # fmt: skip
     header = ["model", "server", "concurrency", "rows per execution", "queue ms/request", "server ms/request",
-              "handler ms/batch", "preprocess ms/row", "forward ms/row", "postprocess ms/row"]  # fmt: skip
+              "handler ms/batch", "handler / in-process", "preprocess ms/row", "forward ms/row",
+              "postprocess ms/row"]  # fmt: skip
     note = (
         "\n\nqueue: TorchServe `ts_queue_latency_microseconds`, Triton `nv_inference_queue_duration_us`; server: "
         "TorchServe `ts_inference_latency_microseconds` (frontend, queue included), Triton "
         "`nv_inference_compute_infer_duration_us` (each request of a batch is charged the whole execution); handler "
         "and stages: the pipeline's own counters (`MaasPreprocessMs`... / `maas_stage_duration_ms_total`) over "
-        "`MaasBatches` / `nv_inference_exec_count` and `MaasRows` / `maas_rows_total`. Every point's figures, and "
-        "each whole series', are in benchmark.json."
+        "`MaasBatches` / `nv_inference_exec_count` and `MaasRows` / `maas_rows_total`; handler / in-process: the "
+        "handler's time per batch over the in-process pipeline's at the same batch size (above 1: the model ran "
+        "slower inside the server, i.e. it shared the cores with the frontend, the client or anything else). Every "
+        "point's figures, and each whole series', are in benchmark.json."
     )
     return table(header, rows) + note
 

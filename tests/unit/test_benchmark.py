@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import zipfile
 
 import pytest
 
@@ -11,14 +12,17 @@ from scripts.benchmark import (
     TRITON_COUNTERS,
     best_of,
     breakdown,
+    describe_served,
     evaluate_targets,
     in_process_at,
+    in_process_ms_at,
     model_counters,
     parse_args,
     parse_prometheus,
     per_server,
     plot,
     render_markdown,
+    served_settings,
     summary_rows,
 )
 from scripts.loadgen import closed_loop, summarize
@@ -70,6 +74,7 @@ def test_in_process_interpolates_in_log2_batch_size():
     assert in_process_at(points, 2) == pytest.approx(60.0)
     assert in_process_at(points, 2**1.5) == pytest.approx(70.0)
     assert in_process_at(points, 0.5) == 50.0 and in_process_at(points, 64) == 80.0
+    assert in_process_ms_at(points, 4) == pytest.approx(50.0)  # 4 items at 80 items/s
 
 
 TORCHSERVE_METRICS = """\
@@ -100,26 +105,22 @@ maas_stage_duration_ms_total{model="sentiment",stage="postprocess"} 0.8
 """
 
 
-def test_torchserve_breakdown_from_metrics():
-    counters = model_counters(parse_prometheus(TORCHSERVE_METRICS), "sentiment", TORCHSERVE_COUNTERS)
-    assert counters["ts_queue_latency_microseconds"] == 4000.0  # the digits line is another model's
-    b = breakdown("torchserve", counters)
-    assert b["avg_batch"] == 2.0
-    assert b["queue_ms_per_request"] == pytest.approx(1.0)
-    assert b["server_ms_per_request"] == pytest.approx(10.0)
-    assert b["forward_ms_per_row"] == pytest.approx(7.5)
-    assert b["handler_ms_per_batch"] == pytest.approx(16.5)
-
-
-def test_triton_breakdown_from_metrics():
-    counters = model_counters(parse_prometheus(TRITON_METRICS), "sentiment", TRITON_COUNTERS)
-    assert "nv_inference_count" in counters and counters["nv_inference_count"] == 8  # not sentiment_naive's
-    b = breakdown("triton", counters)
-    assert b["avg_batch"] == 4.0
-    assert b["queue_ms_per_request"] == pytest.approx(2.0)
-    assert b["preprocess_ms_per_row"] == pytest.approx(0.5)
-    assert b["forward_ms_per_row"] == pytest.approx(2.0)
-    assert b["postprocess_ms_per_row"] == pytest.approx(0.1)
+@pytest.mark.parametrize(
+    "server,text,names,expected",
+    [
+        # the digits line is another model's: 4 requests, 2 batches of 2 rows, 30 ms forward over 4 rows
+        ("torchserve", TORCHSERVE_METRICS, TORCHSERVE_COUNTERS,
+         {"avg_batch": 2.0, "queue_ms_per_request": 1.0, "server_ms_per_request": 10.0, "forward_ms_per_row": 7.5,
+          "handler_ms_per_batch": 16.5}),
+        # the sentiment_naive line is another model's: 8 requests in 2 executions
+        ("triton", TRITON_METRICS, TRITON_COUNTERS,
+         {"avg_batch": 4.0, "queue_ms_per_request": 2.0, "server_ms_per_request": 10.0, "preprocess_ms_per_row": 0.5,
+          "forward_ms_per_row": 2.0, "postprocess_ms_per_row": 0.1}),
+    ],
+)  # fmt: skip
+def test_breakdown_from_metrics(server, text, names, expected):
+    b = breakdown(server, model_counters(parse_prometheus(text), "sentiment", names))
+    assert {k: b[k] for k in expected} == pytest.approx(expected)
 
 
 def test_breakdown_without_traffic_has_no_ratios():
@@ -204,6 +205,25 @@ def test_plot_writes_a_small_png(result, tmp_path):
     plot(result, path)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 200_000
+
+
+def test_served_settings_are_read_back_from_the_builds(tmp_path):
+    (tmp_path / "model_store").mkdir()
+    with zipfile.ZipFile(tmp_path / "model_store" / "m.mar", "w") as mar:
+        mar.writestr("model-config.yaml", "batchSize: 32\nmaxBatchDelay: 1\nminWorkers: 1\n")
+    (tmp_path / "model_repository" / "m").mkdir(parents=True)
+    (tmp_path / "model_repository" / "m" / "config.pbtxt").write_text(
+        'name: "m"\nmax_batch_size: 32\ndynamic_batching {\n}\n'
+    )
+    settings = served_settings(tmp_path, "m")
+    assert settings == {
+        "torchserve": {"batchSize": 32, "maxBatchDelay_ms": 1},
+        "triton": {"max_batch_size": 32, "dynamic_batching": True, "max_queue_delay_us": 0},
+    }
+    assert describe_served({"m": settings}) == (
+        "`m`: TorchServe batchSize 32, maxBatchDelay 1 ms; Triton max_batch_size 32, dynamic batching "
+        "max_queue_delay 0 us"
+    )
 
 
 def test_command_line_defaults_and_serving_overrides():
