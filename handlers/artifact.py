@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MANIFEST_NAME = "pipeline.json"
+# Held-out examples written by training, one JSON object per line: {"input": <a row as a request carries it>,
+# "target": <label or value>}. Exports are checked against them (scripts/export.py); servers never read them.
+HELD_OUT_NAME = "held_out.jsonl"
 FORMAT_VERSION = 1
 
 
@@ -20,7 +23,7 @@ FORMAT_VERSION = 1
 class Manifest:
     name: str
     task: str
-    model: dict  # {"architecture": ..., "config": {...}, "format": "safetensors", "file": ...}
+    model: dict  # {"architecture": ..., "config": {...}, "format": "eager" (handlers.formats), "file": ...}
     labels: list[str] | None = None
     preprocess: dict = field(default_factory=dict)
     serving: dict = field(default_factory=dict)  # batch size, delays, request limits, top_k
@@ -50,8 +53,26 @@ def write_artifact_manifest(directory: Path, manifest: Manifest) -> Path:
     return path
 
 
-def read_manifest(directory: Path, verify: bool = True) -> Manifest:
-    """Read ``pipeline.json``; with ``verify``, fail loudly on a missing or altered file."""
+def write_held_out(directory: Path, inputs: list, targets: list) -> None:
+    with open(Path(directory) / HELD_OUT_NAME, "w") as f:
+        for row, target in zip(inputs, targets, strict=True):
+            f.write(json.dumps({"input": row, "target": target}) + "\n")
+
+
+def read_held_out(directory: Path) -> tuple[list, list]:
+    path = Path(directory) / HELD_OUT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: retrain the model with this version's training scripts")
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line["input"] for line in lines], [line["target"] for line in lines]
+
+
+def read_manifest(directory: Path, verify: bool = True, without_model: bool = False) -> Manifest:
+    """Read ``pipeline.json``; with ``verify``, fail loudly on a missing or altered file.
+
+    ``without_model``: the network's file may be absent (a Triton ensemble's pre/postprocessing copy); every
+    file that is present is still checked.
+    """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not path.is_file():
@@ -63,6 +84,8 @@ def read_manifest(directory: Path, verify: bool = True) -> Manifest:
     if verify:
         for name, expected in manifest.files.items():
             file = directory / name
+            if without_model and name == manifest.model.get("file") and not file.exists():
+                continue
             if not file.is_file():
                 raise FileNotFoundError(f"artifact file {name} listed in {path} is missing")
             if sha256_of(file) != expected:

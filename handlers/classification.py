@@ -14,12 +14,12 @@ from handlers.nets import build_module
 from handlers.pipeline import Pipeline, TensorSpec
 
 
-def load_torch_model(manifest: Manifest, artifact_dir: Path, device: str) -> torch.nn.Module:
+def load_torch_model(manifest: Manifest, artifact_dir: Path) -> torch.nn.Module:
     """Rebuild the manifest's architecture and load its safetensors weights (strictly: no missing keys)."""
     spec = manifest.model
     module = build_module(spec["architecture"], spec.get("config", {}))
     module.load_state_dict(load_file(str(Path(artifact_dir) / spec["file"])), strict=True)
-    return module.to(device).eval()
+    return module.eval()
 
 
 class Classifier(Pipeline):

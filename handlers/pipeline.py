@@ -4,8 +4,10 @@ A task subclasses ``Pipeline`` and fills in two small groups of methods:
 
 * wire formats - ``parse_json`` / ``format_json`` (the TorchServe REST contract) and ``parse_tensors`` /
   ``format_tensors`` plus ``input_specs`` / ``output_specs`` (the Triton V2 contract);
-* the model - ``preprocess`` (one row -> features), ``collate`` (features -> one batch), ``forward`` (one
-  pass) and ``postprocess`` (batch output -> one result per row).
+* the model - ``preprocess`` (one row -> features), ``collate`` (features -> one batch: a dict of the named
+  tensors in ``MODEL_INPUTS``), ``eager_module`` (the network as training wrote it) and ``postprocess`` (batch
+  output -> one result per row). ``forward`` runs the artifact's model in whichever format it was exported to
+  (``handlers.formats``), so tasks never depend on the format.
 
 ``handle_json`` and ``handle_tensors`` drive a server batch through them. A request that fails parsing or
 preprocessing gets its own error; the others still share one forward pass. If that pass itself fails, each
@@ -19,13 +21,16 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from handlers.artifact import Manifest
 from handlers.errors import InvalidInput, PayloadTooLarge, ServingError, as_serving_error
+from handlers.formats import load_runner
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,10 @@ class BatchTimings:
 
 class Pipeline(ABC):
     """Base of every task. Subclasses are built from an artifact directory by ``handlers.tasks.load_pipeline``."""
+
+    # The network's inputs, in call order, each with the names of its dynamic leading dims (the batch dim, and
+    # for text the sequence): exports and Triton configs are built from this.
+    MODEL_INPUTS: dict[str, tuple[str, ...]] = {}
 
     def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
         self.manifest = manifest
@@ -105,9 +114,25 @@ class Pipeline(ABC):
     def collate(self, features: list[Any]) -> Any:
         """Stack the features of every valid row of the batch into one model input."""
 
-    @abstractmethod
+    @classmethod
+    def eager_module(cls, manifest: Manifest, artifact_dir: Path) -> torch.nn.Module:
+        """The trained network, called with the ``MODEL_INPUTS`` tensors in order; returns one tensor."""
+        raise NotImplementedError(f"{cls.__name__} has no eager module")
+
+    @cached_property
+    def model(self):
+        """The artifact's network in its stored format (loaded on first use; ``load_pipeline`` loads it at once)."""
+        return load_runner(
+            self.manifest.model,
+            self.artifact_dir,
+            self.device,
+            list(self.MODEL_INPUTS),
+            lambda: self.eager_module(self.manifest, self.artifact_dir),
+        )
+
     def forward(self, batch: Any) -> Any:
         """One forward pass over the collated batch."""
+        return self.model(batch)
 
     @abstractmethod
     def postprocess(self, outputs: Any) -> list[Any]:
@@ -132,6 +157,29 @@ class Pipeline(ABC):
             outcome if isinstance(outcome, ServingError) else self.format_tensors(outcome)
             for outcome in self.run(requests)
         ]
+
+    # ---- the stages of a Triton ensemble (scripts/triton_ensemble.py) ---------------------------------
+    def prepare_tensors(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | ServingError]:
+        """Ensemble preprocessing: each request's rows as the network's inputs (``MODEL_INPUTS``), or its error."""
+        outcomes = []
+        for tensors in inputs:
+            try:
+                request = self.parse_tensors(tensors)
+                batch = self.collate(self._preprocess_request(request))
+                outcomes.append({name: batch[name].cpu().numpy() for name in self.MODEL_INPUTS})
+            except Exception as exc:
+                outcomes.append(self._error(exc))
+        return outcomes
+
+    def finish_tensors(self, outputs: list[np.ndarray]) -> list[dict[str, np.ndarray] | ServingError]:
+        """Ensemble postprocessing: each request's network output as its answer tensors, or its error."""
+        outcomes = []
+        for output in outputs:
+            try:
+                outcomes.append(self.format_tensors(self.postprocess(torch.from_numpy(output))))
+            except Exception as exc:
+                outcomes.append(self._error(exc))
+        return outcomes
 
     def run(self, requests: list[Request | ServingError]) -> list[list[Any] | ServingError]:
         """Preprocess per request, one forward pass for all valid rows, results split back per request."""

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from handlers.pipeline import BatchTimings
@@ -21,16 +22,9 @@ log = logging.getLogger(__name__)
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        artifact_dir = Path(args["model_repository"]) / args["model_version"] / "artifact"
-        device = "cpu"
-        if args.get("model_instance_kind") == "GPU":
-            device = f"cuda:{args['model_instance_device_id']}"
-        self.pipeline = load_pipeline(artifact_dir, device=device)
+        self.pipeline = load_pipeline(artifact_dir(args), device=device(args))
         self.input_names = [spec["name"] for spec in config["input"]]
-        # Output dtypes are read once from the config, so answers always match what the config declares.
-        self.output_dtypes = {
-            spec["name"]: pb_utils.triton_string_to_numpy(spec["data_type"]) for spec in config["output"]
-        }
+        self.output_dtypes = output_dtypes(config)
         # Per-stage time on Triton's /metrics, beside its own queue and compute durations. The families must
         # outlive their metrics, so they are kept on the instance too.
         self.stage_family = pb_utils.MetricFamily(
@@ -48,25 +42,9 @@ class TritonPythonModel:
         self.rows_metric = self.rows_family.Metric(labels=model)
 
     def execute(self, requests: list) -> list:
-        inputs = []
-        for request in requests:
-            tensors = {}
-            for name in self.input_names:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                if tensor is not None:
-                    tensors[name] = tensor.as_numpy()
-            inputs.append(tensors)
-        outcomes = self.pipeline.handle_tensors(inputs)
+        outcomes = self.pipeline.handle_tensors([read_inputs(r, self.input_names) for r in requests])
         self.record_metrics()
-        responses = []
-        for outcome in outcomes:
-            if isinstance(outcome, dict):
-                tensors = [pb_utils.Tensor(n, a.astype(self.output_dtypes[n])) for n, a in outcome.items()]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            else:
-                code = getattr(pb_utils.TritonError, outcome.triton_code)
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(outcome.message, code)))
-        return responses
+        return respond(outcomes, self.output_dtypes)
 
     def record_metrics(self) -> None:
         """Metrics never fail a batch: a fault here is logged, and the answers still go out."""
@@ -77,3 +55,40 @@ class TritonPythonModel:
             self.rows_metric.increment(timings.rows)
         except Exception:
             log.exception("could not record metrics")
+
+
+# ---- shared with the ensemble stages (handlers/triton_stages.py) -------------------------------------------
+def artifact_dir(args: dict) -> Path:
+    return Path(args["model_repository"]) / args["model_version"] / "artifact"
+
+
+def device(args: dict) -> str:
+    return f"cuda:{args['model_instance_device_id']}" if args.get("model_instance_kind") == "GPU" else "cpu"
+
+
+def output_dtypes(config: dict) -> dict:
+    """Output dtypes, read once from the config, so answers always match what the config declares."""
+    return {spec["name"]: pb_utils.triton_string_to_numpy(spec["data_type"]) for spec in config["output"]}
+
+
+def read_inputs(request, names: list[str]) -> dict[str, np.ndarray]:
+    """The request's inputs that were sent (optional ones may be absent), as numpy arrays."""
+    tensors = {}
+    for name in names:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            tensors[name] = tensor.as_numpy()
+    return tensors
+
+
+def respond(outcomes: list, dtypes: dict) -> list:
+    """One InferenceResponse per outcome: its tensors, or its error with the error's Triton code."""
+    responses = []
+    for outcome in outcomes:
+        if isinstance(outcome, dict):
+            tensors = [pb_utils.Tensor(n, a.astype(dtypes[n])) for n, a in outcome.items()]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        else:
+            code = getattr(pb_utils.TritonError, outcome.triton_code)
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(outcome.message, code)))
+    return responses

@@ -1,10 +1,12 @@
 """Package trained artifacts for both servers.
 
-    .venv/bin/python -m scripts.build artifacts/digits [artifacts/...] \
+    .venv/bin/python -m scripts.build artifacts/digits [artifacts/...] [--format eager|torchscript|onnx|onnx_int8] \
         [--model-store model_store] [--triton-repository model_repository] [--only torchserve|triton]
 
 Each artifact becomes ``<model_store>/<name>.mar`` and ``<triton_repository>/<name>/``. The artifact's
-checksums are verified first, so a corrupted artifact is never packaged.
+checksums are verified first, so a corrupted artifact is never packaged. ``--format`` packages a verified export
+(``scripts/export.py``, written once to ``<artifact>.<format>/`` and reused); without it each task gets the
+format measured best for it (``DEFAULT_FORMATS``, from the README's format table).
 """
 
 from __future__ import annotations
@@ -17,9 +19,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from handlers.artifact import Manifest, read_manifest
+from handlers.formats import FORMATS
 from scripts import MODEL_STORE, TRITON_REPOSITORY
+from scripts.export import ExportRejected, export
 from scripts.torchserve_archive import build_mar
+from scripts.triton_ensemble import BACKENDS, build_triton_ensemble
 from scripts.triton_repository import build_triton_model
+
+# Set by measurement (reports/formats.md): the fastest format whose held-out accuracy stays within one point.
+DEFAULT_FORMATS = {
+    "image_classification": "eager",
+    "text_classification": "eager",
+    "tabular_classification": "eager",
+    "tabular_regression": "eager",
+}
 
 
 def for_server(manifest: Manifest, server: str, overrides: dict | None) -> Manifest:
@@ -36,13 +49,24 @@ def build(
     python_env: Path = Path(sys.prefix),
     name: str | None = None,
     serving: dict | None = None,
+    fmt: str | None = None,
+    triton_ensemble: str | None = None,
 ) -> dict[str, float]:
     """Build what is asked for; return the seconds each build took.
 
     ``serving`` overrides the manifest's serving settings for these builds only (batch size, batch delay): the
-    benchmark's naive baseline is the same artifact built with ``{"max_batch_size": 1}``.
+    benchmark's naive baseline is the same artifact built with ``{"max_batch_size": 1}``. ``fmt`` picks the model
+    format (default: the task's entry in ``DEFAULT_FORMATS``); an artifact that already is an export is built as is.
+    ``triton_ensemble`` (a backend of ``scripts.triton_ensemble.BACKENDS``) writes an ensemble with the network on
+    that backend instead of one Python model.
     """
     manifest = read_manifest(artifact_dir)
+    if manifest.model.get("format") == "eager":
+        artifact_dir = export(artifact_dir, fmt or DEFAULT_FORMATS.get(manifest.task, "eager"))
+        manifest = read_manifest(artifact_dir)
+    elif fmt not in (None, manifest.model.get("format")):
+        raise ValueError(f"{artifact_dir} is a {manifest.model.get('format')} export; build --format {fmt} from "
+                         "the eager artifact it came from")  # fmt: skip
     name = name or manifest.name
     seconds = {}
     if model_store is not None:
@@ -52,9 +76,13 @@ def build(
         print(f"built {path} in {seconds['torchserve']:.1f}s")
     if triton_repository is not None:
         start = time.perf_counter()
-        path = build_triton_model(
-            artifact_dir, for_server(manifest, "triton", serving), triton_repository, name, python_env
-        )
+        triton_manifest = for_server(manifest, "triton", serving)
+        if triton_ensemble:
+            path = build_triton_ensemble(
+                artifact_dir, triton_manifest, triton_repository, name, python_env, triton_ensemble
+            )
+        else:
+            path = build_triton_model(artifact_dir, triton_manifest, triton_repository, name, python_env)
         seconds["triton"] = time.perf_counter() - start
         print(f"built {path} in {seconds['triton']:.1f}s")
     return seconds
@@ -66,6 +94,13 @@ def main() -> None:
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--triton-repository", type=Path, default=TRITON_REPOSITORY)
     parser.add_argument("--only", choices=["torchserve", "triton"], help="build for one server only")
+    parser.add_argument("--format", choices=FORMATS, help="model format (default: per task, DEFAULT_FORMATS)")
+    parser.add_argument(
+        "--triton-ensemble",
+        choices=BACKENDS,
+        help="write a Triton ensemble (Python pre/postprocessing) with the network on this backend; "
+        "onnxruntime and libtorch need a tritonserver that has those backends",
+    )
     parser.add_argument("--name", help="model name on the servers (one artifact only; default: the manifest's)")
     parser.add_argument(
         "--serving",
@@ -85,14 +120,19 @@ def main() -> None:
         parser.error("--name needs exactly one artifact")
     serving = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.serving)}
     for artifact in args.artifacts:
-        build(
-            artifact,
-            model_store=None if args.only == "triton" else args.model_store,
-            triton_repository=None if args.only == "torchserve" else args.triton_repository,
-            python_env=args.python_env.resolve(),
-            name=args.name,
-            serving=serving,
-        )
+        try:
+            build(
+                artifact,
+                model_store=None if args.only == "triton" else args.model_store,
+                triton_repository=None if args.only == "torchserve" else args.triton_repository,
+                python_env=args.python_env.resolve(),
+                name=args.name,
+                serving=serving,
+                fmt=args.format,
+                triton_ensemble=args.triton_ensemble,
+            )
+        except ExportRejected as exc:
+            raise SystemExit(f"{artifact}: export rejected, nothing built: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ from pathlib import Path
 from scripts import HANDLERS_DIR
 
 
-def copy_runtime(artifact_dir: Path, destination: Path) -> None:
-    """Copy the ``handlers`` package and the artifact (as ``artifact/``) into ``destination``."""
+def copy_runtime(artifact_dir: Path, destination: Path, without: str | None = None) -> None:
+    """Copy the ``handlers`` package and the artifact (as ``artifact/``, less the file ``without``) into
+    ``destination``."""
     shutil.copytree(HANDLERS_DIR, destination / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(artifact_dir, destination / "artifact")
+    shutil.copytree(artifact_dir, destination / "artifact", ignore=lambda _, names: [n for n in names if n == without])
 
 
 def entry_point_source(docstring: str, body: str) -> str:

@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from handlers.artifact import Manifest, write_artifact_manifest
+from handlers.artifact import Manifest, write_artifact_manifest, write_held_out
 from handlers.nets import build_module
 from scripts import ARTIFACTS_DIR
 from scripts.training import fit, predict_logits, seed_everything
@@ -69,11 +69,12 @@ def train(out: Path, epochs: int = 30, seed: int = 0) -> Manifest:
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(out / "model.safetensors"))
+    write_held_out(out, x_test.astype(int).tolist(), [str(int(y)) for y in y_test])
     manifest = Manifest(
         name="digits",
         task="image_classification",
         labels=[str(d) for d in range(10)],
-        model={**MODEL, "format": "safetensors", "file": "model.safetensors"},
+        model={**MODEL, "format": "eager", "file": "model.safetensors"},
         preprocess={"channels": 1, "height": 8, "width": 8, "pixel_max": PIXEL_MAX, "invert": True},
         serving={"max_batch_size": 32, "max_rows_per_request": 32, "top_k": 3},
         metrics={"held_out_accuracy": round(held_out, 4), "held_out_rows": len(xv), "seed": seed},

@@ -32,7 +32,7 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from handlers.artifact import Manifest, write_artifact_manifest
+from handlers.artifact import Manifest, write_artifact_manifest, write_held_out
 from handlers.nets import build_module
 from handlers.tasks.tabular import FeatureSchema
 from scripts import ARTIFACTS_DIR
@@ -226,12 +226,14 @@ def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manif
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(network.state_dict(), str(out / "model.safetensors"))
+    targets = [table.labels[int(y)] for y in y_test] if classification else [float(y) for y in y_test]
+    write_held_out(out, x_test.tolist(), targets)
     serving = {"max_batch_size": 32, "max_rows_per_request": 32}
     manifest = Manifest(
         name=table.name,
         task=f"tabular_{table.task}",
         labels=table.labels,
-        model={**spec, "format": "safetensors", "file": "model.safetensors"},
+        model={**spec, "format": "eager", "file": "model.safetensors"},
         preprocess={"features": features, "target": target},
         serving=serving | ({"top_k": min(3, len(table.labels))} if classification else {}),
         metrics={metric: round(held_out, 4), "held_out_rows": len(xv), "train_rows": len(xt), "seed": seed},

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from handlers.artifact import Manifest, write_artifact_manifest  # noqa: E402
+from handlers.artifact import Manifest, write_artifact_manifest, write_held_out  # noqa: E402
 from scripts import ARTIFACTS_DIR  # noqa: E402
 from scripts.text_data import LABELS, sentiment_split  # noqa: E402
 from scripts.training import seed_everything  # noqa: E402
@@ -85,6 +85,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    write_held_out(out, list(test_texts), [LABELS[int(y)] for y in test_labels])
     manifest = Manifest(
         name="sentiment",
         task="text_classification",
@@ -92,7 +93,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
         model={
             "architecture": "hf_sequence_classification",
             "base": "all-MiniLM-L6-v2",
-            "format": "safetensors",
+            "format": "eager",
             "file": "model.safetensors",
         },  # fmt: skip
         preprocess={"max_length": MAX_LENGTH},

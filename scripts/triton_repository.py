@@ -33,14 +33,10 @@ def model_config(manifest: Manifest, name: str, python_env: Path, instances: int
     serving = manifest.serving
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=int(serving.get("max_batch_size", 32)))
     for spec in task.input_specs(manifest):
-        config.input.append(_tensor(mc.ModelInput, spec))
+        config.input.append(tensor_message(mc.ModelInput, spec))
     for spec in task.output_specs(manifest):
-        config.output.append(_tensor(mc.ModelOutput, spec))
-    if config.max_batch_size > 1:  # with a single row per execute there is nothing to batch
-        # Measured (reports/benchmark.md): no added delay is best; requests that queue while the instance is busy
-        # still form the next batch. SetInParent keeps an all-default dynamic_batching block present.
-        config.dynamic_batching.SetInParent()
-        config.dynamic_batching.max_queue_delay_microseconds = int(serving.get("max_batch_delay_ms", 0) * 1000)
+        config.output.append(tensor_message(mc.ModelOutput, spec))
+    add_dynamic_batching(config, int(serving.get("max_batch_delay_ms", 0) * 1000))
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
     # A task may publish what a client needs to know (the tabular feature schema) in the config, through an
     # optional classmethod ``config_parameters(manifest) -> dict[str, str]``.
@@ -50,7 +46,15 @@ def model_config(manifest: Manifest, name: str, python_env: Path, instances: int
     return config
 
 
-def _tensor(message_type, spec: TensorSpec):
+def add_dynamic_batching(config: mc.ModelConfig, delay_us: int) -> None:
+    if config.max_batch_size > 1:  # with a single row per execute there is nothing to batch
+        # Measured (reports/benchmark.md): no added delay is best; requests that queue while the instance is busy
+        # still form the next batch. SetInParent keeps an all-default dynamic_batching block present.
+        config.dynamic_batching.SetInParent()
+        config.dynamic_batching.max_queue_delay_microseconds = delay_us
+
+
+def tensor_message(message_type, spec: TensorSpec):
     message = message_type(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims))
     if spec.optional:
         message.optional = True

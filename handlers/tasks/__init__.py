@@ -26,7 +26,15 @@ def pipeline_class(task: str) -> type[Pipeline]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_pipeline(artifact_dir: Path, device: str = "cpu", manifest: Manifest | None = None) -> Pipeline:
-    """Verify the artifact's checksums and build its pipeline, ready to serve."""
-    manifest = manifest or read_manifest(artifact_dir)
-    return pipeline_class(manifest.task)(manifest, Path(artifact_dir), device)
+def load_pipeline(
+    artifact_dir: Path, device: str = "cpu", manifest: Manifest | None = None, with_model: bool = True
+) -> Pipeline:
+    """Verify the artifact's checksums and build its pipeline, ready to serve.
+
+    ``with_model=False`` skips loading the network: the pre- and postprocessing stages of a Triton ensemble.
+    """
+    manifest = manifest or read_manifest(artifact_dir, without_model=not with_model)
+    pipeline = pipeline_class(manifest.task)(manifest, Path(artifact_dir), device)
+    if with_model:
+        pipeline.model  # noqa: B018 - load now, so a broken model fails the server's model load, not a request
+    return pipeline

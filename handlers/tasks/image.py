@@ -30,6 +30,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class ImageClassifier(Classifier):
+    MODEL_INPUTS = {"pixels": ("batch",)}
+
     def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
         super().__init__(manifest, artifact_dir, device)
         pre = manifest.preprocess
@@ -38,7 +40,6 @@ class ImageClassifier(Classifier):
         self.pixel_max = float(pre.get("pixel_max", 255.0))
         self.invert = bool(pre.get("invert", False))
         self.max_image_pixels = int(pre.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
-        self.model = load_torch_model(manifest, artifact_dir, device)
 
     @property
     def pixel_shape(self) -> tuple[int, ...]:
@@ -76,12 +77,12 @@ class ImageClassifier(Classifier):
         pixels = self._decode(row) if isinstance(row, bytes) else self._validate_pixels(row)
         return pixels.reshape(self.channels, self.height, self.width)
 
-    def collate(self, features: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(features)).to(self.device)
+    def collate(self, features: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return {"pixels": torch.from_numpy(np.stack(features)).to(self.device)}
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(batch)
+    @classmethod
+    def eager_module(cls, manifest: Manifest, artifact_dir: Path) -> torch.nn.Module:
+        return load_torch_model(manifest, artifact_dir)
 
     def _decode(self, data: bytes) -> np.ndarray:
         """Encoded image -> float32 in [0, 1], the model's size, channels and polarity."""

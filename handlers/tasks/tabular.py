@@ -144,10 +144,11 @@ def _show(value: Any) -> str:
 class TabularPipeline(Pipeline):
     """The input side shared by both tabular tasks: schema, wire parsing, standardisation, the forward pass."""
 
+    MODEL_INPUTS = {"features": ("batch",)}
+
     def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
         super().__init__(manifest, artifact_dir, device)
         self.schema = FeatureSchema(manifest.preprocess["features"])
-        self.model = load_torch_model(manifest, artifact_dir, device)
 
     # ---- wire formats -------------------------------------------------------------------------------
     def parse_json(self, body: Any) -> Request:
@@ -182,12 +183,12 @@ class TabularPipeline(Pipeline):
     def preprocess(self, row: Any) -> np.ndarray:
         return self.schema.row(row)
 
-    def collate(self, features: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(self.schema.standardise(np.stack(features))).to(self.device)
+    def collate(self, features: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return {"features": torch.from_numpy(self.schema.standardise(np.stack(features))).to(self.device)}
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(batch)
+    @classmethod
+    def eager_module(cls, manifest: Manifest, artifact_dir: Path) -> torch.nn.Module:
+        return load_torch_model(manifest, artifact_dir)
 
 
 class TabularClassifier(TabularPipeline, Classifier):

@@ -33,16 +33,25 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 hf_logging.disable_progress_bar()  # progress bars would flood the servers' logs at every model load
 
 
+class LogitsOnly(torch.nn.Module):
+    """A sequence classifier as a plain function of (input_ids, attention_mask) -> logits, for export."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
 class TextClassifier(Classifier):
+    MODEL_INPUTS = {"input_ids": ("batch", "sequence"), "attention_mask": ("batch", "sequence")}
+
     def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
         super().__init__(manifest, artifact_dir, device)
         self.max_length = int(manifest.preprocess.get("max_length", 128))
         self.max_text_chars = int(manifest.serving.get("max_text_chars", 20000))
         self.tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            artifact_dir, local_files_only=True, use_safetensors=True
-        )
-        self.model.to(device).eval()
         self.pad_id = self.tokenizer.pad_token_id or 0
 
     # ---- wire formats -------------------------------------------------------------------------------
@@ -89,6 +98,9 @@ class TextClassifier(Classifier):
             attention_mask[i, : len(ids)] = 1
         return {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(**batch).logits
+    @classmethod
+    def eager_module(cls, manifest: Manifest, artifact_dir: Path) -> torch.nn.Module:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            artifact_dir, local_files_only=True, use_safetensors=True
+        )
+        return LogitsOnly(model).eval()

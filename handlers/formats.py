@@ -1,0 +1,75 @@
+"""Model formats: how an artifact stores its network and what runs it.
+
+===============  ======================  =============================================================
+format           file                    run by
+===============  ======================  =============================================================
+``eager``        safetensors weights      the task's own ``torch.nn.Module`` (what training wrote)
+``torchscript``  ``model.pt``             ``torch.jit.load`` (traced, frozen)
+``onnx``         ``model.onnx``           ONNX Runtime, fp32
+``onnx_int8``    ``model.int8.onnx``      ONNX Runtime, weights quantized to int8 (dynamic quantization)
+===============  ======================  =============================================================
+
+Every runner takes the collated batch, a dict of named tensors in the task's ``MODEL_INPUTS`` order, and returns
+the network's one output tensor (logits, or a regressor's standardised values). Exports are written and checked
+against the eager model by ``scripts/export.py``; the manifest's ``model.format`` says which one an artifact holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMATS = ("eager", "torchscript", "onnx", "onnx_int8")
+FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
+OUTPUT_NAME = "output"
+
+
+class TorchRunner:
+    """An eager or TorchScript module called with the batch's tensors, in input order."""
+
+    def __init__(self, module: Callable, input_names: list[str]):
+        self.module, self.input_names = module, input_names
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(*(batch[name] for name in self.input_names))
+
+
+class OnnxRunner:
+    """An ONNX Runtime session; torch tensors in and out, so the pipeline's postprocessing is unchanged."""
+
+    def __init__(self, path: Path, device: str):
+        import onnxruntime as ort  # only artifacts in ONNX formats need it
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initializers would flood server logs
+        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        feeds = {name: np.ascontiguousarray(batch[name].cpu().numpy()) for name in self.input_names}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+
+def model_format(model: dict) -> str:
+    fmt = model.get("format", "eager")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown model format {fmt!r}; known formats: {', '.join(FORMATS)}")
+    return fmt
+
+
+def load_runner(
+    model: dict, artifact_dir: Path, device: str, input_names: list[str], eager: Callable[[], torch.nn.Module]
+) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """The runner for the manifest's ``model`` section; ``eager`` builds the task's module for eager artifacts."""
+    fmt = model_format(model)
+    if fmt == "eager":
+        return TorchRunner(eager().to(device).eval(), input_names)
+    path = Path(artifact_dir) / model["file"]
+    if fmt == "torchscript":
+        return TorchRunner(torch.jit.load(str(path), map_location=device).eval(), input_names)
+    return OnnxRunner(path, device)
