@@ -392,6 +392,19 @@ def served_name(model: str, series: Series) -> str:
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
+def run_meta(module: str, args) -> dict:
+    """What every report records about its run: the command, when, the machine, and the load settings."""
+    return {
+        "command": " ".join([f".venv/bin/python -m {module}", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "torchserve_warmup_requests": args.torchserve_warmup,
+    }
+
+
 def run(args) -> dict:
     run_started = time.perf_counter()
     models = [model_under_test(name) for name in args.models]
@@ -399,13 +412,7 @@ def run(args) -> dict:
     total_points = len(models) * len(series) * len(args.concurrency)
     result = {
         "meta": {
-            "command": " ".join([".venv/bin/python -m scripts.benchmark", *sys.argv[1:]]),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "torchserve_warmup_requests": args.torchserve_warmup,
+            **run_meta("scripts.benchmark", args),
             "concurrency": list(args.concurrency),
             "serving_overrides": args.serving,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

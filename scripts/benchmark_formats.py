@@ -24,7 +24,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from scripts.benchmark import (
     breakdown,
     counter_delta,
     measure_in_process,
+    run_meta,
     table,
     warm_torchserve,
 )
@@ -211,15 +211,9 @@ def run(args) -> dict:
     models = [model_under_test(name) for name in args.models]
     result = {
         "meta": {
-            "command": " ".join([".venv/bin/python -m scripts.benchmark_formats", *sys.argv[1:]]),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+            **run_meta("scripts.benchmark_formats", args),
             "formats": list(args.formats),
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
             "in_process_seconds": args.in_process_seconds,
-            "torchserve_warmup_requests": args.torchserve_warmup,
             "served": args.served,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },

@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 py=.venv/bin/python
 
-[[ -f artifacts/digits/pipeline.json ]] || $py -m scripts.train_digits --out artifacts/digits        # ~10 s
-[[ -f artifacts/sentiment/pipeline.json ]] || $py -m scripts.train_text --out artifacts/sentiment  # ~2-3 min
-$py -m scripts.build artifacts/digits artifacts/sentiment
+[[ -f artifacts/digits/held_out.jsonl ]] || $py -m scripts.train_digits --out artifacts/digits        # ~10 s
+[[ -f artifacts/sentiment/held_out.jsonl ]] || $py -m scripts.train_text --out artifacts/sentiment  # ~2-3 min
+$py -m scripts.build artifacts/digits artifacts/sentiment   # each in its measured default format (README: Model formats)
 
 # Restart whatever an earlier Quick start left running, so the servers load the archives just built.
 $py -m scripts.servers stop-torchserve >/dev/null 2>&1 || true

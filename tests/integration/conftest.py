@@ -20,11 +20,23 @@ def served_artifacts(digits_artifact, text_artifact, tabular_artifacts) -> list:
     return [digits_artifact, text_artifact, *tabular_artifacts]
 
 
+# Exports served beside the eager models, as <name>_<format> (tests/integration/test_formats_serving.py), and
+# Triton ensembles whose network runs on the Python backend, the only one this tritonserver build has.
+SERVED_EXPORTS = [("digits", "onnx_int8"), ("sentiment", "onnx_int8")]
+SERVED_ENSEMBLES = [("digits", "torchscript"), ("sentiment", "onnx")]
+
+
 @pytest.fixture(scope="session")
-def built_models(served_artifacts, tmp_path_factory):
+def built_models(served_artifacts, exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
-    for artifact in served_artifacts:
-        build(artifact, model_store=root / "model_store", triton_repository=root / "model_repository")
+    where = {"model_store": root / "model_store", "triton_repository": root / "model_repository"}
+    for artifact in served_artifacts:  # the eager models: what the task tests compare with in-process answers
+        build(artifact, **where, fmt="eager")
+    for name, fmt in SERVED_EXPORTS:
+        build(exported(name, fmt), **where, name=f"{name}_{fmt}")
+    for name, fmt in SERVED_ENSEMBLES:
+        build(exported(name, fmt), triton_repository=where["triton_repository"], model_store=None,
+              name=f"{name}_ensemble", triton_ensemble="python")  # fmt: skip
     return root
 
 

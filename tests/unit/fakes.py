@@ -38,7 +38,12 @@ class FakeMetrics:
 
 
 def install_fake_pb_utils() -> types.ModuleType:
-    """A stand-in for ``triton_python_backend_utils``, which exists only inside tritonserver."""
+    """A stand-in for ``triton_python_backend_utils``, which exists only inside tritonserver.
+
+    Installed once per session: adapter modules keep the module they imported first.
+    """
+    if "triton_python_backend_utils" in sys.modules:
+        return sys.modules["triton_python_backend_utils"]
     module = types.ModuleType("triton_python_backend_utils")
 
     class Tensor:

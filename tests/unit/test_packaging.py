@@ -26,7 +26,7 @@ def test_tampered_artifact_is_refused(digits_artifact, tmp_path):
 
 
 def test_mar_carries_runtime_code_artifact_and_batch_settings(digits_artifact, tmp_path):
-    build(digits_artifact, model_store=tmp_path, triton_repository=None)
+    build(digits_artifact, model_store=tmp_path, triton_repository=None, fmt="eager")
     with zipfile.ZipFile(tmp_path / "digits.mar") as mar:
         names = set(mar.namelist())
         assert {"torchserve_entry.py", "handlers/pipeline.py", "handlers/tasks/image.py"} <= names

@@ -1,0 +1,120 @@
+"""Exports to every format: verified against eager on held-out rows, refused when they deviate, built by one flag."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import scripts.export as export_module
+from handlers.artifact import read_held_out, read_manifest
+from handlers.formats import FILES, FORMATS
+from handlers.tasks import load_pipeline
+from scripts.build import build
+from scripts.export import ExportRejected, export
+
+
+@pytest.fixture(scope="module")
+def artifacts(digits_artifact, tabular_cases, tmp_path_factory):
+    """Private copies, so exports written beside them never touch other tests' artifacts."""
+    root = tmp_path_factory.mktemp("formats")
+    sources = {"digits": digits_artifact, "wine": tabular_cases["wine"].artifact}
+    return {name: shutil.copytree(path, root / name) for name, path in sources.items()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS[1:])
+@pytest.mark.parametrize("name", ["digits", "wine"])
+def test_export_answers_like_eager_at_any_batch_size(artifacts, name, fmt):
+    out = export(artifacts[name], fmt)
+    manifest = read_manifest(out)
+    assert manifest.model["format"] == fmt and (out / FILES[fmt]).is_file()
+    assert not (out / "model.safetensors").exists()  # the eager weights are not carried along
+    report = manifest.model["verification"]
+    assert report["passed"] and report["max_abs_deviation"] <= export_module.TOLERANCES[fmt]
+    assert abs(report["export"] - report["eager"]) <= export_module.MAX_ACCURACY_CHANGE
+
+    eager, exported = load_pipeline(artifacts[name]), load_pipeline(out)
+    rows, _ = read_held_out(artifacts[name])
+    for size in (1, 5, 32):  # dynamic batch dim
+        batch = eager.collate([eager.preprocess(row) for row in rows[:size]])
+        expected, got = torch.softmax(eager.forward(batch), -1), torch.softmax(exported.forward(batch), -1)
+        assert got.shape == expected.shape == (size, len(eager.labels))
+        assert float((got - expected).abs().max()) <= export_module.TOLERANCES[fmt]
+
+
+def test_a_current_export_is_reused_and_a_stale_one_replaced(artifacts):
+    first = export(artifacts["digits"], "onnx")
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    assert export(artifacts["digits"], "onnx") == first and (first / "model.onnx").stat().st_mtime_ns == stamp
+    manifest = json.loads((first / "pipeline.json").read_text())
+    manifest["model"]["exported_from"] = "0" * 64  # as if the eager weights had been retrained since
+    (first / "pipeline.json").write_text(json.dumps(manifest))
+    export(artifacts["digits"], "onnx")
+    assert (first / "model.onnx").stat().st_mtime_ns != stamp
+
+
+def test_an_export_that_deviates_is_refused_and_nothing_written(artifacts, tmp_path, monkeypatch):
+    real = export_module.write_network
+
+    def broken(module, inputs, example, fmt, path):  # an export with one weight perturbed
+        with torch.no_grad():
+            next(module.parameters()).add_(0.5)
+        real(module, inputs, example, fmt, path)
+
+    monkeypatch.setattr(export_module, "write_network", broken)
+    with pytest.raises(ExportRejected, match="differ from the eager model's by up to"):
+        export(artifacts["digits"], "torchscript", out=tmp_path / "rejected")
+    assert not (tmp_path / "rejected").exists()
+
+
+def test_an_accuracy_change_beyond_one_point_is_refused(artifacts, tmp_path, monkeypatch):
+    monkeypatch.setitem(export_module.TOLERANCES, "onnx", 10.0)  # let the deviation through, to reach the score
+    real = export_module.write_network
+
+    def shuffled(module, inputs, example, fmt, path):  # swap two classes' output rows: a wrong label mapping
+        with torch.no_grad():
+            last = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.weight[[0, 1]] = last.weight[[1, 0]]
+            last.bias[[0, 1]] = last.bias[[1, 0]]
+        real(module, inputs, example, fmt, path)
+
+    monkeypatch.setattr(export_module, "write_network", shuffled)
+    with pytest.raises(ExportRejected, match="held-out accuracy moved from"):
+        export(artifacts["digits"], "onnx", out=tmp_path / "rejected")
+
+
+def test_build_format_flag_packages_the_verified_export(artifacts, tmp_path):
+    build(artifacts["digits"], model_store=tmp_path / "store", triton_repository=tmp_path / "repo", fmt="onnx_int8")
+    packaged = tmp_path / "repo" / "digits" / "1" / "artifact"
+    assert read_manifest(packaged).model["format"] == "onnx_int8" and (packaged / "model.int8.onnx").is_file()
+    with zipfile.ZipFile(tmp_path / "store" / "digits.mar") as mar:
+        names = mar.namelist()
+        assert "artifact/model.int8.onnx" in names and "artifact/model.safetensors" not in names
+    with pytest.raises(ValueError, match="build --format torchscript from the eager artifact"):
+        build(artifacts["digits"].parent / "digits.onnx_int8", model_store=tmp_path, fmt="torchscript")
+
+
+def test_export_of_a_text_model_handles_any_sequence_length(text_artifact, exported):
+    artifact, out = text_artifact, exported("sentiment", "onnx_int8")
+    report = read_manifest(out).model["verification"]
+    assert report["passed"] and report["held_out_rows"] > 100
+    eager, exported = load_pipeline(artifact), load_pipeline(out)
+    texts = ["Great.", "A slow, muddled and far too long film that never finds its footing " * 8]
+    expected = eager.handle_tensors([{"TEXT": np.array([[t.encode()]], dtype=np.object_)} for t in texts])
+    got = exported.handle_tensors([{"TEXT": np.array([[t.encode()]], dtype=np.object_)} for t in texts])
+    for e, g in zip(expected, got, strict=True):
+        assert np.abs(e["PROBABILITIES"] - g["PROBABILITIES"]).max() <= export_module.TOLERANCES["onnx_int8"]
+
+
+def test_an_artifact_without_held_out_rows_says_how_to_fix_it(artifacts, tmp_path):
+    artifact = shutil.copytree(artifacts["wine"], tmp_path / "wine")
+    (artifact / "held_out.jsonl").unlink()
+    manifest = json.loads((artifact / "pipeline.json").read_text())
+    del manifest["files"]["held_out.jsonl"]
+    (artifact / "pipeline.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match="retrain the model"):
+        export(artifact, "onnx")
