@@ -62,6 +62,7 @@ DEFAULT_MODELS = ("sentiment", "digits", "breast_cancer")
 IN_PROCESS_BATCHES = (1, 32)
 LOW_C, HIGH_C = 1, 16
 SERVED_SERIES = ("triton_grpc", "torchserve_rest")
+ENSEMBLE_KEY = "triton_grpc_ensemble"  # --ensembles: the format served as a Triton ensemble, over gRPC
 RANK_SERIES = "triton_grpc"  # "fastest" is Triton gRPC throughput at HIGH_C
 # Within one point of eager: the export check's own bound (plus float slack for rounded figures).
 METRIC_SLACK = MAX_ACCURACY_CHANGE + 1e-9
@@ -180,23 +181,29 @@ def measure_served(result: dict, targets: list[tuple[str, ModelUnderTest, str, P
         for _, model, fmt, directory in targets:
             build(directory, model_store=root / "model_store", triton_repository=root / "model_repository",
                   name=model.name, fmt=fmt)  # fmt: skip
+            if args.ensembles:  # the same export as a Triton ensemble (Python stages and network)
+                build(directory, model_store=None, triton_repository=root / "model_repository",
+                      name=f"{model.name}_ensemble", fmt=fmt, triton_ensemble="python")  # fmt: skip
         result["meta"]["build_s"] = round(time.perf_counter() - started, 1)
         servers = Servers(root)
         try:
             servers.start()
             served = [model for _, model, _, _ in targets]
             warm_torchserve(servers, served, [SERIES_BY_KEY["torchserve_rest"]], args.torchserve_warmup)
-            total, done = len(targets) * len(SERVED_SERIES) * 2, 0
+            series = [(key, key, lambda m: m) for key in SERVED_SERIES]
+            if args.ensembles:
+                series.append((ENSEMBLE_KEY, "triton_grpc", lambda m: replace(m, name=f"{m.name}_ensemble")))
+            total, done = len(targets) * len(series) * 2, 0
             for base, model, fmt, _ in targets:
                 entry = result["models"][base]["formats"][fmt]
                 entry["served"] = {}
-                for key in SERVED_SERIES:
-                    points = {}
+                for key, protocol, as_served in series:
+                    points, target = {}, as_served(model)
                     for c in (LOW_C, HIGH_C):
-                        point = measure_point(servers, key, model, c, args, done * 64)
+                        point = measure_point(servers, protocol, target, c, args, done * 64)
                         points[f"c{c}"] = point
                         done += 1
-                        print(f"[{done:>3}/{total}] {model.name:<24} {SERIES_BY_KEY[key].label:<16} c={c:<3}"
+                        print(f"[{done:>3}/{total}] {target.name:<24} {SERIES_BY_KEY[protocol].label:<16} c={c:<3}"
                               f"{point['throughput']:9.1f} req/s  p50 {point['p50_ms'] or 0:8.2f} ms  "
                               f"batch {point['server']['avg_batch'] or 0:5.1f}  errors {point['errors']}",
                               flush=True)  # fmt: skip
@@ -350,6 +357,24 @@ def format_rows(result: dict) -> list[list[str]]:
     return rows
 
 
+def ensemble_table(result: dict) -> str | None:
+    """Single Python model vs the same export as an ensemble (three Python models), Triton gRPC; None if unmeasured."""
+    rows = []
+    for model, data in result["models"].items():
+        for fmt, entry in data["formats"].items():
+            if ENSEMBLE_KEY not in entry.get("served", {}):
+                continue
+            rows.append([
+                model, fmt,
+                _served(entry, "triton_grpc", LOW_C, "p50_ms", 2), _served(entry, ENSEMBLE_KEY, LOW_C, "p50_ms", 2),
+                _served(entry, "triton_grpc", HIGH_C, "throughput", 1),
+                _served(entry, ENSEMBLE_KEY, HIGH_C, "throughput", 1),
+            ])  # fmt: skip
+    header = ["model", "format", f"single p50 c={LOW_C} ms", f"ensemble p50 c={LOW_C} ms",
+              f"single items/s c={HIGH_C}", f"ensemble items/s c={HIGH_C}"]  # fmt: skip
+    return table(header, rows) if rows else None
+
+
 def formats_table(result: dict) -> str:
     return table(HEADER, format_rows(result))
 
@@ -415,6 +440,12 @@ def render_markdown(result: dict) -> str:
     ]
     if rejected:
         out += ["Rejected exports:", "", *rejected, ""]
+    ensembles = ensemble_table(result)
+    if ensembles:
+        out += ["## The same exports as Triton ensembles (`--ensembles`)", "",
+                "Preprocess, network and postprocess as three Python-backend models joined by an ensemble (the "
+                "layout a native ONNX Runtime / libtorch backend would use), against the single Python model; "
+                "Triton gRPC.", "", ensembles, ""]  # fmt: skip
     if meta["served"]:
         out += [f"Errors (failed requests, all served points, warm-ups included): **{count_errors(result)}**.", ""]
     return "\n".join(out)
@@ -443,6 +474,8 @@ def parse_args(argv=None):
     parser.add_argument("--torchserve-warmup", type=int, default=600,
                         help="TorchServe requests before measuring, over all models (default 600)")  # fmt: skip
     parser.add_argument("--no-served", dest="served", action="store_false", help="skip the servers")
+    parser.add_argument("--ensembles", action="store_true",
+                        help="also serve each format as a Triton ensemble (Python backend) and compare")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports")
     args = parser.parse_args(argv)
     unknown = [f for f in args.formats if f not in FORMATS]

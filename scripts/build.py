@@ -29,7 +29,7 @@ from scripts.triton_repository import build_triton_model
 # Set by measurement (reports/formats.md, scripts.benchmark_formats): per task, the format with the most served
 # throughput whose held-out accuracy stays within one point of eager. Regressors: not measured, so eager.
 DEFAULT_FORMATS = {
-    "image_classification": "torchscript",
+    "image_classification": "onnx",
     "text_classification": "onnx_int8",
     "tabular_classification": "eager",
     "tabular_regression": "eager",

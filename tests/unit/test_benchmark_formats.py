@@ -8,6 +8,7 @@ import pytest
 
 from handlers.artifact import Manifest, write_artifact_manifest
 from scripts.benchmark_formats import (
+    ENSEMBLE_KEY,
     HEADER,
     count_errors,
     fill_metrics,
@@ -220,3 +221,17 @@ def test_parse_args_defaults_and_unknown_format():
     assert args.models == ["digits", "breast_cancer"] and args.duration == 2.0 and not args.served
     with pytest.raises(SystemExit):
         parse_args(["--formats", "tensorrt"])
+
+
+def test_ensemble_table_appears_only_when_ensembles_were_measured():
+    plain = _result({"eager": _ok(0.97, 1000.0)})
+    plain["suggestions"] = suggest_formats(plain)
+    assert "Triton ensembles" not in render_markdown(plain)
+    entry = _ok(0.97, 1000.0)
+    entry["served"][ENSEMBLE_KEY] = {
+        key: {**point, "p50_ms": 9.25} for key, point in entry["served"]["triton_grpc"].items()
+    }
+    measured = _result({"eager": entry})
+    measured["suggestions"] = suggest_formats(measured)
+    text = render_markdown(measured)
+    assert "Triton ensembles" in text and "| digits | eager | 6.50 | 9.25 |" in text
