@@ -63,17 +63,14 @@ def test_a_backend_refuses_a_format_it_cannot_run(exported, tmp_path):
         build_triton_ensemble(artifact, read_manifest(artifact), tmp_path, "digits", Path(sys.prefix), "onnxruntime")
 
 
-def test_python_stages_chained_answer_like_the_single_model(exported, tmp_path, held_out_digits):
-    pb = install_fake_pb_utils()
-    from handlers.tasks import load_pipeline
+def python_stages(artifact: Path, repository: Path) -> dict:
+    """The three Python stages of a built ensemble, initialized as tritonserver would (with the fake pb_utils)."""
     from handlers.triton_stages import TritonPythonModel
 
-    artifact = exported("digits", "onnx")
-    build_triton_ensemble(artifact, read_manifest(artifact), tmp_path, "digits", Path(sys.prefix), "python")
-    configs = read_configs(tmp_path)
+    build_triton_ensemble(artifact, read_manifest(artifact), repository, "digits", Path(sys.prefix), "python")
+    configs = read_configs(repository)
     stages = {}
     for stage in ("preprocess", "network", "postprocess"):
-        model = TritonPythonModel()
         config = {  # the JSON form tritonserver hands to initialize
             "input": [{"name": t.name} for t in configs[f"digits_{stage}"].input],
             "output": [
@@ -81,15 +78,24 @@ def test_python_stages_chained_answer_like_the_single_model(exported, tmp_path, 
             ],
             "parameters": {"maas_stage": {"string_value": stage}},
         }
-        model.initialize(
+        stages[stage] = TritonPythonModel()
+        stages[stage].initialize(
             {
                 "model_config": json.dumps(config),
-                "model_repository": str(tmp_path / f"digits_{stage}"),
+                "model_repository": str(repository / f"digits_{stage}"),
                 "model_version": "1",
                 "model_name": f"digits_{stage}",
             }  # fmt: skip
         )
-        stages[stage] = model
+    return stages
+
+
+def test_python_stages_chained_answer_like_the_single_model(exported, tmp_path, held_out_digits):
+    pb = install_fake_pb_utils()
+    from handlers.tasks import load_pipeline
+
+    artifact = exported("digits", "onnx")
+    stages = python_stages(artifact, tmp_path)
 
     def call(stage, requests):
         responses = stages[stage].execute(requests)
@@ -114,3 +120,18 @@ def test_python_stages_chained_answer_like_the_single_model(exported, tmp_path, 
         np.testing.assert_allclose(tensors["PROBABILITIES"], reference["PROBABILITIES"], atol=1e-6)
     got = [v.decode() for a in answers for v in {t.name(): t.as_numpy() for t in a.inputs}["LABEL"][:, 0]]
     assert got == [str(y) for y in labels]
+
+
+def test_network_stage_retries_alone_when_the_stacked_pass_fails(exported, tmp_path, held_out_digits):
+    pb = install_fake_pb_utils()
+    network = python_stages(exported("digits", "onnx"), tmp_path)["network"]
+    pixels = held_out_digits[0][:2, None].astype(np.float32) / 16
+    requests = [
+        pb.InferenceRequest([pb.Tensor("pixels", pixels[:1])]),
+        pb.InferenceRequest([pb.Tensor("pixels", np.zeros((1, 1, 4, 4), np.float32))]),  # cannot stack, nor run
+        pb.InferenceRequest([pb.Tensor("pixels", pixels[1:])]),
+    ]
+    first, poisoned, last = network.execute(requests)
+    assert poisoned.error.code() == "INTERNAL"
+    assert [r.error for r in (first, last)] == [None, None]
+    assert [r.output_tensors[0].as_numpy().shape for r in (first, last)] == [(1, 10), (1, 10)]
