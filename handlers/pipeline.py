@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -220,17 +221,22 @@ class Pipeline(ABC):
         return features
 
     def _predict(self, features: dict[int, list[Any]], timings: BatchTimings) -> dict[int, Any]:
-        """Forward every request's rows together; on failure, retry each request alone to isolate it."""
+        return self.isolate_failures(features, lambda group: self._forward_split(group, timings))
+
+    def isolate_failures(
+        self, groups: dict[int, Any], run: Callable[[dict[int, Any]], dict[int, Any]]
+    ) -> dict[int, Any]:
+        """``run`` every request's group together; on failure, retry each alone so one cannot fail the others."""
         try:
-            return self._forward_split(features, timings)
+            return run(groups)
         except Exception as exc:
-            if len(features) == 1:
-                return {i: self._error(exc) for i in features}
-        log.warning("batched forward pass failed; retrying %d requests one by one", len(features))
+            if len(groups) == 1:
+                return {i: self._error(exc) for i in groups}
+        log.warning("batched forward pass failed; retrying %d requests one by one", len(groups))
         results = {}
-        for i, rows in features.items():
+        for i, group in groups.items():
             try:
-                results.update(self._forward_split({i: rows}, timings))
+                results.update(run({i: group}))
             except Exception as exc:
                 results[i] = self._error(exc)
         return results

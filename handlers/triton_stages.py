@@ -9,18 +9,15 @@ which stage an instance is.
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import torch
 
-from handlers.errors import as_serving_error
 from handlers.formats import OUTPUT_NAME
 from handlers.tasks import load_pipeline
 from handlers.triton_model import artifact_dir, device, output_dtypes, read_inputs, respond
 
 STAGES = ("preprocess", "network", "postprocess")
-log = logging.getLogger(__name__)
 
 
 class TritonPythonModel:
@@ -44,24 +41,14 @@ class TritonPythonModel:
         return respond(outcomes, self.output_dtypes)
 
     def forward(self, inputs: list[dict[str, np.ndarray]]) -> list:
-        """One pass over every request: Triton's batcher only groups requests whose shapes match, so they stack.
-        If that pass fails, each request is retried alone, as in the single model (``Pipeline._predict``)."""
-        try:
-            return self._forward_stacked(inputs)
-        except Exception as exc:
-            if len(inputs) == 1:
-                return [as_serving_error(exc)]
-        log.warning("batched network pass failed; retrying %d requests one by one", len(inputs))
-        outcomes = []
-        for tensors in inputs:
-            try:
-                outcomes += self._forward_stacked([tensors])
-            except Exception as exc:
-                outcomes.append(as_serving_error(exc))
-        return outcomes
+        """One pass over every request (Triton's batcher only groups requests whose shapes match, so they stack);
+        if it fails, each request is retried alone, as in the single model."""
+        results = self.pipeline.isolate_failures(dict(enumerate(inputs)), self._forward_stacked)
+        return [results[i] for i in range(len(inputs))]
 
-    def _forward_stacked(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def _forward_stacked(self, groups: dict[int, dict[str, np.ndarray]]) -> dict[int, dict[str, np.ndarray]]:
+        inputs = list(groups.values())
         batch = {n: torch.from_numpy(np.concatenate([i[n] for i in inputs])) for n in self.pipeline.MODEL_INPUTS}
         output = self.pipeline.forward(batch).float().cpu().numpy()
         bounds = np.cumsum([len(next(iter(i.values()))) for i in inputs])[:-1]
-        return [{OUTPUT_NAME: part} for part in np.split(output, bounds)]
+        return {index: {OUTPUT_NAME: part} for index, part in zip(groups, np.split(output, bounds), strict=True)}

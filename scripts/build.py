@@ -63,7 +63,7 @@ def build(
     """
     manifest = read_manifest(artifact_dir)
     if manifest.model.get("format") == "eager":
-        artifact_dir = export(artifact_dir, fmt or DEFAULT_FORMATS.get(manifest.task, "eager"))
+        artifact_dir = export(artifact_dir, fmt or DEFAULT_FORMATS.get(manifest.task, "eager"), manifest=manifest)
         manifest = read_manifest(artifact_dir)
     elif fmt not in (None, manifest.model.get("format")):
         raise ValueError(f"{artifact_dir} is a {manifest.model.get('format')} export; build --format {fmt} from "

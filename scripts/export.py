@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handlers.artifact import MANIFEST_NAME, read_held_out, read_manifest, write_artifact_manifest
+from handlers.artifact import MANIFEST_NAME, Manifest, read_held_out, read_manifest, write_artifact_manifest
 from handlers.formats import FILES, FORMATS, OUTPUT_NAME
 from handlers.pipeline import Pipeline
 from handlers.tasks import load_pipeline
@@ -45,12 +45,15 @@ class ExportRejected(RuntimeError):
     """The exported model does not behave like the eager one."""
 
 
-def export(artifact_dir: Path, fmt: str, out: Path | None = None) -> Path:
-    """Export ``artifact_dir`` to ``fmt`` (verified) and return the new artifact directory."""
+def export(artifact_dir: Path, fmt: str, out: Path | None = None, manifest: Manifest | None = None) -> Path:
+    """Export ``artifact_dir`` to ``fmt`` (verified) and return the new artifact directory.
+
+    ``manifest``: the artifact's, when the caller has read (and so verified) it already.
+    """
     artifact_dir = Path(artifact_dir)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    manifest = read_manifest(artifact_dir)
+    manifest = manifest or read_manifest(artifact_dir)
     if manifest.model.get("format") != "eager":
         raise ValueError(f"{artifact_dir} holds a {manifest.model.get('format')} export; export from the eager one")
     if fmt == "eager":

@@ -15,6 +15,7 @@ and their configs are checked against Triton's schema (``model_config_pb2``).
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -83,7 +84,7 @@ def ensemble_configs(
     if backend == "python":
         network = model(f"{name}_network", net_inputs, [net_output], "network")
     else:
-        network = model(f"{name}_network", net_inputs, [_renamed(net_output, network_output)], None)
+        network = model(f"{name}_network", net_inputs, [replace(net_output, name=network_output)], None)
         network.platform = platform
     configs = {
         f"{name}_preprocess": model(f"{name}_preprocess", task_inputs, net_inputs, "preprocess"),
@@ -114,10 +115,6 @@ def ensemble_configs(
     )
     configs[name] = ensemble
     return configs
-
-
-def _renamed(spec: TensorSpec, name: str) -> TensorSpec:
-    return TensorSpec(name, spec.data_type, spec.dims, spec.optional)
 
 
 def build_triton_ensemble(
