@@ -32,6 +32,10 @@ class Classifier(Pipeline):
         self.labels = list(manifest.labels)
         self.top_k = max(1, min(int(manifest.serving.get("top_k", 3)), len(self.labels)))
 
+    def comparable(self, outputs: torch.Tensor) -> np.ndarray:
+        """Probabilities: a logit's scale is arbitrary (a confident logistic regression's logits run to tens)."""
+        return torch.softmax(outputs.double(), dim=-1).cpu().numpy()
+
     def postprocess(self, logits: torch.Tensor) -> list[np.ndarray]:
         return list(torch.softmax(logits.float(), dim=-1).cpu().numpy())
 

@@ -135,6 +135,11 @@ class Pipeline(ABC):
         """One forward pass over the collated batch."""
         return self.model(batch)
 
+    def comparable(self, outputs: torch.Tensor) -> np.ndarray:
+        """The network's outputs on the scale exports are checked on, ``[rows, k]`` float64: the raw outputs here
+        (a regressor's standardised values); classifiers override it with probabilities."""
+        return outputs.float().cpu().numpy().astype(np.float64).reshape(len(outputs), -1)
+
     @abstractmethod
     def postprocess(self, outputs: Any) -> list[Any]:
         """Split the batch output into one result per row, in order."""

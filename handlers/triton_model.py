@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        log_to_triton()
         config = json.loads(args["model_config"])
         self.pipeline = load_pipeline(artifact_dir(args), device=device(args))
         self.input_names = [spec["name"] for spec in config["input"]]
@@ -58,6 +59,27 @@ class TritonPythonModel:
 
 
 # ---- shared with the ensemble stages (handlers/triton_stages.py) -------------------------------------------
+class TritonLogHandler(logging.Handler):
+    """Python logging into the server's own log (the stub's stderr goes nowhere a user looks)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            pb_utils.Logger.log_error(message)
+        elif record.levelno >= logging.WARNING:
+            pb_utils.Logger.log_warn(message)
+        else:
+            pb_utils.Logger.log_info(message)
+
+
+def log_to_triton() -> None:
+    """Send this package's INFO and above (model loads, self-checks, failures) to tritonserver's log, once."""
+    package = logging.getLogger("handlers")
+    if not any(isinstance(h, TritonLogHandler) for h in package.handlers):
+        package.addHandler(TritonLogHandler())
+        package.setLevel(logging.INFO)
+
+
 def artifact_dir(args: dict) -> Path:
     return Path(args["model_repository"]) / args["model_version"] / "artifact"
 

@@ -15,13 +15,14 @@ import torch
 
 from handlers.formats import OUTPUT_NAME
 from handlers.tasks import load_pipeline
-from handlers.triton_model import artifact_dir, device, output_dtypes, read_inputs, respond
+from handlers.triton_model import artifact_dir, device, log_to_triton, output_dtypes, read_inputs, respond
 
 STAGES = ("preprocess", "network", "postprocess")
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        log_to_triton()
         config = json.loads(args["model_config"])
         self.stage = config["parameters"]["maas_stage"]["string_value"]
         if self.stage not in STAGES:

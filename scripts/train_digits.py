@@ -19,10 +19,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from handlers.artifact import Manifest, write_artifact_manifest, write_held_out
+from handlers.artifact import Manifest, write_held_out
 from handlers.nets import build_module
 from scripts import ARTIFACTS_DIR
-from scripts.training import fit, predict_logits, seed_everything
+from scripts.training import fit, predict_logits, seed_everything, write_artifact
 
 PIXEL_MAX = 16.0
 MODEL = {"architecture": "small_resnet", "config": {"in_channels": 1, "num_classes": 10, "widths": [32, 64]}}
@@ -79,7 +79,7 @@ def train(out: Path, epochs: int = 30, seed: int = 0) -> Manifest:
         serving={"max_batch_size": 32, "max_rows_per_request": 32, "top_k": 3},
         metrics={"held_out_accuracy": round(held_out, 4), "held_out_rows": len(xv), "seed": seed},
     )
-    write_artifact_manifest(out, manifest)
+    write_artifact(out, manifest)
     print(f"held-out accuracy {held_out:.4f}; artifact written to {out}")
     return manifest
 

@@ -32,11 +32,11 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from handlers.artifact import Manifest, write_artifact_manifest, write_held_out
+from handlers.artifact import Manifest, write_held_out
 from handlers.nets import build_module
 from handlers.tasks.tabular import FeatureSchema
 from scripts import ARTIFACTS_DIR
-from scripts.training import fit, predict_logits, seed_everything
+from scripts.training import fit, predict_logits, seed_everything, write_artifact
 
 MAX_CLASSES_INFERRED = 10  # a whole-number target with more distinct values is taken for a quantity
 EXAMPLES = {  # name -> (loader, task, model)
@@ -238,7 +238,7 @@ def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manif
         serving=serving | ({"top_k": min(3, len(table.labels))} if classification else {}),
         metrics={metric: round(held_out, 4), "held_out_rows": len(xv), "train_rows": len(xt), "seed": seed},
     )
-    write_artifact_manifest(out, manifest)
+    write_artifact(out, manifest)
     print(f"{metric.replace('_', ' ')} {held_out:.4f}; artifact written to {out}")
     return manifest
 

@@ -22,10 +22,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from handlers.artifact import Manifest, write_artifact_manifest, write_held_out  # noqa: E402
+from handlers.artifact import Manifest, write_held_out  # noqa: E402
 from scripts import ARTIFACTS_DIR  # noqa: E402
 from scripts.text_data import LABELS, sentiment_split  # noqa: E402
-from scripts.training import seed_everything  # noqa: E402
+from scripts.training import seed_everything, write_artifact  # noqa: E402
 
 MAX_LENGTH = 128
 
@@ -113,7 +113,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
             "data": "movie-review snippets, Hutto & Gilbert ICWSM 2014",
         },  # fmt: skip
     )
-    write_artifact_manifest(out, manifest)
+    write_artifact(out, manifest)
     print(f"held-out accuracy {accuracy:.4f} on {len(test_texts)} sentences; trained in {train_seconds:.0f}s; "
           f"artifact written to {out}")  # fmt: skip
     return manifest

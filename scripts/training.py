@@ -9,6 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from handlers.artifact import Manifest, read_held_out, write_artifact_manifest
+from handlers.self_check import record_self_check
+from handlers.tasks import load_pipeline
+from scripts.acceptance import FP32
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -54,3 +59,12 @@ def fit(
         report = f" {evaluate(model)}" if evaluate else ""
         print(f"epoch {epoch:3d}/{epochs} loss {total / len(x):.4f}{report} ({time.perf_counter() - start:.1f}s)")
     return model.eval()
+
+
+def write_artifact(out, manifest: Manifest) -> None:
+    """Write the manifest, then record the eager model's self-check (its answers on a few held-out rows, checked
+    again whenever a server loads it) and checksum that too. ``held_out.jsonl`` must be written first."""
+    write_artifact_manifest(out, manifest)
+    rows, _ = read_held_out(out)
+    record_self_check(out, load_pipeline(out, self_check=False), rows, FP32.max_deviation)
+    write_artifact_manifest(out, manifest)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from handlers.artifact import Manifest, read_manifest
 from handlers.pipeline import Pipeline
+from handlers.self_check import run_self_check
 
 TASKS = {
     "image_classification": "handlers.tasks.image:ImageClassifier",
@@ -27,14 +28,22 @@ def pipeline_class(task: str) -> type[Pipeline]:
 
 
 def load_pipeline(
-    artifact_dir: Path, device: str = "cpu", manifest: Manifest | None = None, with_model: bool = True
+    artifact_dir: Path,
+    device: str = "cpu",
+    manifest: Manifest | None = None,
+    with_model: bool = True,
+    self_check: bool = True,
 ) -> Pipeline:
     """Verify the artifact's checksums and build its pipeline, ready to serve.
 
     ``with_model=False`` skips loading the network: the pre- and postprocessing stages of a Triton ensemble.
+    ``self_check`` runs the artifact's self-check (``handlers.self_check``) and raises ``SelfCheckFailed`` when the
+    model's answers on this machine drift beyond its tolerance; build tools that are making the record turn it off.
     """
     manifest = manifest or read_manifest(artifact_dir, without_model=not with_model)
     pipeline = pipeline_class(manifest.task)(manifest, Path(artifact_dir), device)
     if with_model:
         pipeline.model  # noqa: B018 - load now, so a broken model fails the server's model load, not a request
+        if self_check:
+            run_self_check(pipeline)
     return pipeline

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from scripts.build import build
@@ -26,24 +29,38 @@ SERVED_EXPORTS = [("digits", "onnx_int8"), ("sentiment", "onnx_int8")]
 SERVED_ENSEMBLES = [("digits", "torchscript"), ("sentiment", "onnx")]
 
 
+@dataclass
+class BuiltModels:
+    root: Path
+    refused: dict[str, str]  # model name -> why its export was refused (the servers start without it)
+
+    def require(self, model: str) -> None:
+        """Fail the calling test, and only it, when its model could not be built."""
+        if model in self.refused:
+            pytest.fail(f"{model} was not built: {self.refused[model]}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
-def built_models(served_artifacts, exported, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    where = {"model_store": root / "model_store", "triton_repository": root / "model_repository"}
+def built_models(served_artifacts, exported, tmp_path_factory) -> BuiltModels:
+    built = BuiltModels(tmp_path_factory.mktemp("serving"), {})
+    where = {"model_store": built.root / "model_store", "triton_repository": built.root / "model_repository"}
     for artifact in served_artifacts:  # the eager models: what the task tests compare with in-process answers
         build(artifact, **where, fmt="eager")
-    for name, fmt in SERVED_EXPORTS:
-        build(exported(name, fmt), **where, name=f"{name}_{fmt}")
-    for name, fmt in SERVED_ENSEMBLES:
-        build(exported(name, fmt), triton_repository=where["triton_repository"], model_store=None,
-              name=f"{name}_ensemble", triton_ensemble="python")  # fmt: skip
-    return root
+    exports = [(name, fmt, f"{name}_{fmt}", where) for name, fmt in SERVED_EXPORTS]
+    ensemble_where = {"triton_repository": where["triton_repository"], "model_store": None, "triton_ensemble": "python"}
+    exports += [(name, fmt, f"{name}_ensemble", ensemble_where) for name, fmt in SERVED_ENSEMBLES]
+    for name, fmt, model, options in exports:
+        try:
+            build(exported(name, fmt), name=model, **options)
+        except pytest.fail.Exception as refused:  # the export fixture's refusal: that model only is missing
+            built.refused[model] = str(refused)
+    return built
 
 
 @pytest.fixture(scope="session")
 def torchserve(built_models, tmp_path_factory):
     """TorchServe run from an empty working directory, without PYTHONPATH: only the archive provides our code."""
-    instance = start_torchserve(built_models / "model_store", tmp_path_factory.mktemp("torchserve"))
+    instance = start_torchserve(built_models.root / "model_store", tmp_path_factory.mktemp("torchserve"))
     yield instance
     stop_process(instance.process)
 
@@ -51,6 +68,6 @@ def torchserve(built_models, tmp_path_factory):
 @pytest.fixture(scope="session")
 def triton(built_models) -> TritonPorts:
     ports = TritonPorts(free_port(), free_port(), free_port())
-    process = start_triton(built_models / "model_repository", ports, built_models / "triton.log")
+    process = start_triton(built_models.root / "model_repository", ports, built_models.root / "triton.log")
     yield ports
     stop_process(process, group=False)

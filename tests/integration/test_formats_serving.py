@@ -46,7 +46,8 @@ def rest_top_k(torchserve, model: str, name: str, item) -> list[dict]:
 
 
 @pytest.mark.parametrize("name,fmt", SERVED_EXPORTS)
-def test_export_served_on_both_servers_matches_in_process(torchserve, triton, exported, items, name, fmt):
+def test_export_served_on_both_servers_matches_in_process(torchserve, triton, built_models, exported, items, name, fmt):
+    built_models.require(f"{name}_{fmt}")
     model, want = f"{name}_{fmt}", expected(exported, name, fmt, items[name])
     labels = load_pipeline(exported(name, fmt)).labels
     for item, probabilities in zip(items[name], want, strict=True):  # one request at a time, as in process
@@ -58,8 +59,9 @@ def test_export_served_on_both_servers_matches_in_process(torchserve, triton, ex
 
 
 @pytest.mark.parametrize("name,fmt", SERVED_ENSEMBLES)
-def test_ensemble_matches_in_process_under_concurrency(triton, exported, items, name, fmt):
+def test_ensemble_matches_in_process_under_concurrency(triton, built_models, exported, items, name, fmt):
     """Concurrent requests of mixed sizes (and text lengths) through preprocess -> network -> postprocess."""
+    built_models.require(f"{name}_ensemble")
     want = expected(exported, name, fmt, items[name])
 
     async def send_all():
@@ -77,7 +79,9 @@ def test_ensemble_matches_in_process_under_concurrency(triton, exported, items, 
     assert labels == [load_pipeline(exported(name, fmt)).labels[i] for i in want.argmax(1)]
 
 
-def test_ensemble_answers_a_bad_request_with_400_and_stays_ready(triton, items):
+def test_ensemble_answers_a_bad_request_with_400_and_stays_ready(triton, built_models, items):
+    built_models.require("digits_ensemble")
+    built_models.require("sentiment_ensemble")
     client = triton_http.InferenceServerClient(f"127.0.0.1:{triton.http}")
     for model, tensor, message in [
         ("digits_ensemble", triton_bytes_input(triton_http, "IMAGE", [b"not an image"]), "could not decode"),
@@ -89,3 +93,15 @@ def test_ensemble_answers_a_bad_request_with_400_and_stays_ready(triton, items):
         assert client.is_model_ready(model)
     result = client.infer("sentiment_ensemble", [triton_bytes_input(triton_http, "TEXT", items["sentiment"][:3])])
     assert result.as_numpy("PROBABILITIES").shape == (3, 2)  # a request of several rows
+
+
+def test_both_servers_log_the_self_check_at_load(torchserve, triton, built_models):
+    built_models.require("sentiment_onnx_int8")
+    logs = {
+        "triton": built_models.root / "triton.log",
+        "torchserve": torchserve.workdir / "logs" / "model_log.log",
+    }
+    for server, path in logs.items():
+        lines = [line for line in path.read_text(errors="replace").splitlines() if "(onnx_int8) self-check" in line]
+        assert any("sentiment (onnx_int8) self-check on 8 held-out rows" in line for line in lines), server
+        assert all("passed" in line and "tolerance 0.3" in line for line in lines), (server, lines)

@@ -95,10 +95,17 @@ def install_fake_pb_utils() -> types.ModuleType:
     def get_input_tensor_by_name(request, name):
         return next((t for t in request.inputs if t.name() == name), None)
 
+    class Logger:  # the server log: (level, message) pairs
+        logged: list[tuple[str, str]] = []
+        log_info = staticmethod(lambda message: Logger.logged.append(("info", message)))
+        log_warn = staticmethod(lambda message: Logger.logged.append(("warn", message)))
+        log_error = staticmethod(lambda message: Logger.logged.append(("error", message)))
+
     types_map = {"TYPE_FP32": np.float32, "TYPE_STRING": np.object_, "BYTES": np.object_, "TYPE_INT64": np.int64}
     module.Tensor, module.TritonError, module.MetricFamily = Tensor, TritonError, MetricFamily
     module.InferenceRequest, module.InferenceResponse = InferenceRequest, InferenceResponse
     module.get_input_tensor_by_name = get_input_tensor_by_name
+    module.Logger = Logger
     module.triton_string_to_numpy = types_map.__getitem__
     sys.modules["triton_python_backend_utils"] = module
     return module

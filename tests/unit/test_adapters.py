@@ -69,3 +69,5 @@ def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digit
     assert [v.decode() for v in labels[:, 0]] == [str(y) for y in held_out_digits[1][:3]]
     assert responses[1].error.code() == "INVALID_ARG" and "could not decode" in responses[1].error.message()
     assert pb.MetricFamily.totals[("maas_rows_total", (("model", "digits"),))] == 3
+    loaded = [m for level, m in pb.Logger.logged if level == "info" and "self-check" in m]  # in the server's log
+    assert loaded and "passed" in loaded[-1]
