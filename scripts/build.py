@@ -89,7 +89,7 @@ def build(
     return seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifacts", nargs="+", type=Path, help="artifact directories (with pipeline.json)")
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
@@ -116,7 +116,7 @@ def main() -> None:
         default=Path(sys.prefix),
         help="Python environment Triton's stub runs the model in (default: this one)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.name and len(args.artifacts) > 1:
         parser.error("--name needs exactly one artifact")
     serving = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.serving)}

@@ -136,32 +136,43 @@ def write_network(
 FEED_FORWARD = re.compile(r"layer[./](\d+)/(?:intermediate/dense|output/dense|ffn/lin\d)/MatMul")
 
 
-def quantize_int8(source: Path, target: Path) -> None:
+def feed_forward_layers(onnx_path: Path) -> dict[str, int]:
+    """The feed-forward MatMul nodes of a transformer export, with their encoder layer's index (none elsewhere)."""
+    layers = {}
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        match = FEED_FORWARD.search(node.name)
+        if node.op_type == "MatMul" and match:
+            layers[node.name] = int(match.group(1))
+    return layers
+
+
+def early_feed_forward(layers: dict[str, int]) -> list[str]:
+    """Those of the first half of the encoder's layers."""
+    count = max(layers.values(), default=-1) + 1
+    return [name for name, layer in layers.items() if layer < (count + 1) // 2]
+
+
+def quantize_int8(source: Path, target: Path, keep_fp32: list[str] | None = None, **options) -> None:
     """Dynamic int8 quantization: per-channel 7-bit weights, activations quantized per batch at run time.
 
-    Measured on the shipped sentiment model (README, "Model formats"): per-channel scales (per-tensor moved 5% of
-    labels); ``reduce_range`` (7-bit weights) so that CPUs without AVX-512 VNNI, whose u8 x s8 instruction
-    saturates 16-bit sums, compute the same integers as CPUs with it; and the feed-forward blocks of the first half
-    of the encoder kept in fp32: their inputs carry the activation outliers that per-tensor activation scales
-    round worst (largest probability shift 0.24 -> 0.08, at ~30% of int8's in-process speed).
+    Measured on the shipped sentiment model (README, "int8: what moves the answers"; ``scripts.int8_recipes``):
+    per-channel scales (per-tensor moved 5% of labels); ``reduce_range`` (7-bit weights) so that CPUs without
+    AVX-512 VNNI, whose u8 x s8 instruction saturates 16-bit sums, compute the same integers as CPUs with it; and
+    the feed-forward blocks of the first half of the encoder kept in fp32 (``keep_fp32``, by default): their
+    inputs carry the activation outliers that per-batch activation scales round worst. ``options`` override
+    ``quantize_dynamic``'s arguments (the recipes study).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep_fp32 = {}
-    for node in onnx.load(str(source), load_external_data=False).graph.node:
-        match = FEED_FORWARD.search(node.name)
-        if node.op_type == "MatMul" and match:
-            keep_fp32[node.name] = int(match.group(1))
-    layers = max(keep_fp32.values(), default=-1) + 1
+    excluded = early_feed_forward(feed_forward_layers(source)) if keep_fp32 is None else keep_fp32
     # The quantizer's advice to pre-process first (quant_pre_process) goes to the root logger: silenced; measured
     # on the text model, pre-processing gave the same answers and ran slower (224 vs 290 items/s at batch 1).
-    excluded = [name for name, layer in keep_fp32.items() if layer < (layers + 1) // 2]
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, nodes_to_exclude=excluded)  # fmt: skip
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                         **({"per_channel": True, "reduce_range": True} | options))  # fmt: skip
     finally:
         root.setLevel(level)
 
@@ -200,12 +211,12 @@ def describe(report: dict) -> str:
             f"{agreement}held-out {report['metric']} {report['eager']:.4f} -> {report['export']:.4f}")  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path, help="an eager artifact directory (with pipeline.json)")
     parser.add_argument("--format", required=True, choices=FORMATS[1:])
     parser.add_argument("--out", type=Path, help="output directory (default: <artifact>.<format>)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         export(args.artifact, args.format, args.out)
     except ExportRejected as exc:

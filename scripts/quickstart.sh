@@ -5,19 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-py=.venv/bin/python
+maas=.venv/bin/maas
 
-[[ -f artifacts/digits/held_out.jsonl ]] || $py -m scripts.train_digits --out artifacts/digits        # ~10 s
-[[ -f artifacts/sentiment/held_out.jsonl ]] || $py -m scripts.train_text --out artifacts/sentiment  # ~2-3 min
-$py -m scripts.build artifacts/digits artifacts/sentiment   # each in its measured default format (README: Model formats)
+[[ -f artifacts/digits/held_out.jsonl ]] || $maas train digits --out artifacts/digits        # ~10 s
+[[ -f artifacts/sentiment/held_out.jsonl ]] || $maas train text --out artifacts/sentiment  # ~2-3 min
+$maas build artifacts/digits artifacts/sentiment   # each in its measured default format (README: Model formats)
 
 # Restart whatever an earlier Quick start left running, so the servers load the archives just built.
-$py -m scripts.servers stop-torchserve >/dev/null 2>&1 || true
-[[ -f run/triton.pid ]] && $py -m scripts.servers stop-triton
-$py -m scripts.servers start-torchserve
-$py -m scripts.servers start-triton
+$maas serve stop >/dev/null 2>&1 || true
+$maas serve start
 echo
-$py -m scripts.samples
+$maas samples
 cat <<'TXT'
 
 Both servers keep running. Query them (README.md has more):
@@ -28,6 +26,5 @@ Both servers keep running. Query them (README.md has more):
        -d '{"text": "What a delight!"}' http://127.0.0.1:8080/predictions/sentiment
   curl http://127.0.0.1:8000/v2/models/sentiment        # Triton model metadata (V2 protocol)
 Stop them:
-  .venv/bin/python -m scripts.servers stop-torchserve
-  .venv/bin/python -m scripts.servers stop-triton
+  .venv/bin/maas serve stop
 TXT

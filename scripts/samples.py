@@ -48,12 +48,12 @@ def triton_text_input(module, texts: list):
     return triton_bytes_input(module, "TEXT", texts)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torchserve", default="http://127.0.0.1:8080")
     parser.add_argument("--triton-http", default="127.0.0.1:8000")
     parser.add_argument("--triton-grpc", default="127.0.0.1:8001")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     _, x_test, _, y_test = digits_split()
     png = digit_png(x_test[0])

@@ -1,9 +1,11 @@
 """Start and stop the real servers on loopback: Triton (from the nvidia-pytriton wheel) and TorchServe.
 
-    .venv/bin/python -m scripts.servers start-triton [--repository model_repository] [--http-port 8000] ...
-    .venv/bin/python -m scripts.servers stop-triton
-    .venv/bin/python -m scripts.servers start-torchserve   # torchserve --start --ncs --model-store model_store ...
-    .venv/bin/python -m scripts.servers stop-torchserve    # torchserve --stop
+    maas serve start [torchserve|triton|both] [--repository model_repository] [--http-port 8000] ...
+    maas serve stop [torchserve|triton|both]
+    (the same as .venv/bin/python -m scripts.servers start|stop ...)
+
+``start torchserve`` runs ``torchserve --start --ncs --model-store model_store --ts-config config.properties``;
+``stop torchserve`` runs ``torchserve --stop``. The default is both servers.
 
 The command-line ones serve ``model_store/`` and ``model_repository/`` on the default ports from the repository
 root (TorchServe writes key_file.json and logs/ there). Tests call ``start_torchserve`` / ``start_triton`` to run
@@ -247,48 +249,62 @@ def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str]
 
 
 # ---- command line ----------------------------------------------------------------------------------------
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start-triton", help="start tritonserver in the background and wait until ready")
-    start.add_argument("--repository", type=Path, default=TRITON_REPOSITORY)
-    start.add_argument("--http-port", type=int, default=8000)
-    start.add_argument("--grpc-port", type=int, default=8001)
-    start.add_argument("--metrics-port", type=int, default=8002)
-    commands.add_parser("stop-triton", help="stop the tritonserver started by start-triton")
-    commands.add_parser("start-torchserve", help="torchserve --start with config.properties, wait until ready")
-    commands.add_parser("stop-torchserve", help="torchserve --stop")
-    args = parser.parse_args()
+def start_torchserve_cli() -> None:
+    started = time.perf_counter()
+    command = [*torchserve_command(), "--start", "--ncs", "--model-store", "model_store", "--ts-config",
+               "config.properties"]  # fmt: skip
+    (REPO_ROOT / "key_file.json").unlink(missing_ok=True)  # a stale key would only delay the readiness probe
+    # Its console output duplicates logs/ (rotated by log4j) and can grow without bound: drop it.
+    subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_ready("http://127.0.0.1:8080/ping", None, 120, LOG_DIR / "ts_log.log",
+               headers=lambda: bearer(read_inference_key(REPO_ROOT)))  # fmt: skip
+    print(f"TorchServe ready in {time.perf_counter() - started:.1f}s; REST 127.0.0.1:8080, "
+          f"gRPC 127.0.0.1:7070, inference key in {REPO_ROOT / 'key_file.json'}, logs in {LOG_DIR}")  # fmt: skip
 
-    torchserve = [str(Path(sys.executable).parent / "torchserve")]
-    if args.command == "start-torchserve":
-        started = time.perf_counter()
-        command = [*torchserve, "--start", "--ncs", "--model-store", "model_store", "--ts-config", "config.properties"]
-        (REPO_ROOT / "key_file.json").unlink(missing_ok=True)  # a stale key would only delay the readiness probe
-        # Its console output duplicates logs/ (rotated by log4j) and can grow without bound: drop it.
-        subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_ready("http://127.0.0.1:8080/ping", None, 120, LOG_DIR / "ts_log.log",
-                   headers=lambda: bearer(read_inference_key(REPO_ROOT)))  # fmt: skip
-        print(f"TorchServe ready in {time.perf_counter() - started:.1f}s; REST 127.0.0.1:8080, "
-              f"gRPC 127.0.0.1:7070, inference key in {REPO_ROOT / 'key_file.json'}, logs in {LOG_DIR}")  # fmt: skip
-    elif args.command == "stop-torchserve":
-        subprocess.run([*torchserve, "--stop"], cwd=REPO_ROOT, check=False)
-    elif args.command == "start-triton":
-        if TRITON_PID_FILE.exists() and _alive(int(TRITON_PID_FILE.read_text())):
-            sys.exit(f"tritonserver already runs (pid {TRITON_PID_FILE.read_text().strip()}); stop it first")
-        started = time.perf_counter()
-        ports = TritonPorts(args.http_port, args.grpc_port, args.metrics_port)
-        process = start_triton(args.repository.resolve(), ports, LOG_DIR / "triton.log")
-        RUN_DIR.mkdir(exist_ok=True)
-        TRITON_PID_FILE.write_text(str(process.pid))
-        print(f"tritonserver ready in {time.perf_counter() - started:.1f}s (pid {process.pid}); "
-              f"HTTP 127.0.0.1:{ports.http}, gRPC 127.0.0.1:{ports.grpc}, log {LOG_DIR / 'triton.log'}")  # fmt: skip
-    else:
-        if not TRITON_PID_FILE.exists():
-            sys.exit("no run/triton.pid: tritonserver was not started by this script")
-        stop_process(int(TRITON_PID_FILE.read_text()), group=False)
-        TRITON_PID_FILE.unlink()
-        print("tritonserver stopped")
+
+def start_triton_cli(repository: Path, ports: TritonPorts) -> None:
+    if TRITON_PID_FILE.exists() and _alive(int(TRITON_PID_FILE.read_text())):
+        sys.exit(f"tritonserver already runs (pid {TRITON_PID_FILE.read_text().strip()}); stop it first")
+    started = time.perf_counter()
+    process = start_triton(repository.resolve(), ports, LOG_DIR / "triton.log")
+    RUN_DIR.mkdir(exist_ok=True)
+    TRITON_PID_FILE.write_text(str(process.pid))
+    print(f"tritonserver ready in {time.perf_counter() - started:.1f}s (pid {process.pid}); "
+          f"HTTP 127.0.0.1:{ports.http}, gRPC 127.0.0.1:{ports.grpc}, log {LOG_DIR / 'triton.log'}")  # fmt: skip
+
+
+def stop_triton_cli() -> None:
+    if not TRITON_PID_FILE.exists():
+        print("tritonserver: not started by this script (no run/triton.pid)")
+        return
+    stop_process(int(TRITON_PID_FILE.read_text()), group=False)
+    TRITON_PID_FILE.unlink()
+    print("tritonserver stopped")
+
+
+def torchserve_command() -> list[str]:
+    return [str(Path(sys.executable).parent / "torchserve")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("server", nargs="?", default="both", choices=["torchserve", "triton", "both"])
+    parser.add_argument("--repository", type=Path, default=TRITON_REPOSITORY, help="Triton model repository")
+    parser.add_argument("--http-port", type=int, default=8000, help="Triton HTTP port")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics port")
+    args = parser.parse_args(argv)
+    servers = ["torchserve", "triton"] if args.server == "both" else [args.server]
+    for server in servers:
+        if args.action == "start" and server == "torchserve":
+            start_torchserve_cli()
+        elif args.action == "start":
+            start_triton_cli(args.repository, TritonPorts(args.http_port, args.grpc_port, args.metrics_port))
+        elif server == "torchserve":
+            subprocess.run([*torchserve_command(), "--stop"], cwd=REPO_ROOT, check=False)
+        else:
+            stop_triton_cli()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 stamp=.venv/.setup-stamp
-wanted=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+wanted=$(cat requirements.txt scripts/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then
   exit 0
 fi
@@ -28,6 +28,16 @@ fi
 echo "setup: installing torch==2.13.0 and requirements.txt into .venv (about a minute on a fresh machine)"
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+# The `maas` command for this checkout. Not `pip install -e .`: that would put `handlers` on the venv's path, and
+# the archives must prove they carry their own copy (TorchServe and Triton run their models with this Python).
+root=$(pwd)
+cat > .venv/bin/maas <<SH
+#!/usr/bin/env bash
+# maas-handlers CLI for the checkout in $root (written by scripts/setup.sh)
+exec "$root/.venv/bin/python" -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from scripts.cli import main; sys.exit(main())' "$root" "\$@"
+SH
+chmod +x .venv/bin/maas
 .venv/bin/python -c "import torch, numpy, ts, tritonclient.grpc.model_config_pb2, pytriton" # fails loudly if an install failed
+.venv/bin/maas --help >/dev/null
 echo "$wanted" > "$stamp"
 echo "setup: .venv ready"

@@ -119,14 +119,14 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     return manifest
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR / "sentiment")
     parser.add_argument("--train-size", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     train(args.out, args.train_size, args.epochs, args.seed, args.lr)
 
 

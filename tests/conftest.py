@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.text",
     "tests.fixtures.tabular",
     "tests.fixtures.exports",
+    "tests.fixtures.hf",
 ]

@@ -1,0 +1,54 @@
+"""``maas``: one command for the whole path from a trained model to both servers.
+
+    maas train digits|text|tabular ...   train an example or your own model into an artifact
+    maas import hf DIR --out ARTIFACT    import a Hugging Face sequence-classification checkpoint
+    maas export ARTIFACT --format F      export to torchscript | onnx | onnx_int8 (verified)
+    maas build ARTIFACT [...]            package for TorchServe (model_store/) and Triton (model_repository/)
+    maas serve start|stop torchserve|triton|both
+    maas samples                         send sample requests to the running servers
+    maas bench serving|formats|int8      the benchmarks (reports/)
+
+``maas COMMAND --help`` shows each command's options and an example. Each command is the ``main`` of a module
+under ``scripts/`` (``python -m scripts.X`` runs the same code).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command words -> module whose main(argv) runs them
+COMMANDS = {
+    ("train", "digits"): "scripts.train_digits",
+    ("train", "text"): "scripts.train_text",
+    ("train", "tabular"): "scripts.train_tabular",
+    ("import", "hf"): "scripts.import_hf",
+    ("export",): "scripts.export",
+    ("build",): "scripts.build",
+    ("serve",): "scripts.servers",
+    ("samples",): "scripts.samples",
+    ("bench", "serving"): "scripts.benchmark",
+    ("bench", "formats"): "scripts.benchmark_formats",
+    ("bench", "int8"): "scripts.int8_recipes",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for words, module in sorted(COMMANDS.items(), key=lambda item: -len(item[0])):
+        if tuple(argv[: len(words)]) == words:
+            # argparse names the program after sys.argv[0]: make each command's --help and errors say "maas ...".
+            sys.argv[0] = " ".join(["maas", *words])
+            result = importlib.import_module(module).main(argv[len(words) :])
+            return result if isinstance(result, int) else 0
+    known = sorted({" ".join(words) for words in COMMANDS})
+    if argv and argv[0] not in ("-h", "--help"):
+        print(f"maas: unknown command {' '.join(argv[:2])!r}; commands: {', '.join(known)}", file=sys.stderr)
+        print(__doc__, file=sys.stderr)
+        return 2
+    print(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Import a trained Hugging Face sequence classifier (BERT, DistilBERT, RoBERTa, ELECTRA, DeBERTa, XLM-R ...).
+
+    maas import hf DIR --out ARTIFACT [--name NAME] [--held-out FILE] [--labels a,b,...] [--max-length N]
+    e.g.  maas import hf ~/models/my-roberta-sentiment --out artifacts/reviews --held-out reviews_test.csv
+
+DIR is a local checkpoint that ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load (config.json, the
+weights, the tokenizer files); nothing is fetched from a hub. Writes an ordinary eager artifact: the weights as
+safetensors (a pickled ``pytorch_model.bin`` is converted), the tokenizer, ``pipeline.json`` and the held-out rows,
+so ``maas export`` / ``maas build`` / the load-time self-check work as for the models trained here.
+
+* Labels come from ``config.id2label`` (``--labels`` overrides them; placeholder names such as LABEL_0 are refused
+  unless given).
+* ``max_length``: ``--max-length``, else the tokenizer's ``model_max_length`` capped by the position embeddings.
+* ``--held-out FILE``: CSV with columns ``text,label`` or JSONL ``{"text": ..., "label": ...}``, your own
+  labelled rows; exports are verified and the held-out accuracy measured on them. Without it, a few built-in
+  sentences are recorded with the model's own answers as targets (enough for export checks and the self-check,
+  not a measure of accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+
+from handlers.artifact import Manifest, write_held_out  # noqa: E402
+from scripts.training import write_artifact  # noqa: E402
+
+PLACEHOLDER = re.compile(r"LABEL_\d+")
+# Rows recorded when the user gives no held-out file: varied length and tone, so exports are checked at several
+# sequence lengths. Their targets are the model's own answers.
+PROBE_TEXTS = [
+    "Great.",
+    "This was a complete waste of time and money.",
+    "I loved every minute of it, and I would happily see it again with friends.",
+    "The service was slow, but the food made up for it.",
+    "Not bad at all.",
+    "An unremarkable, forgettable experience from start to finish.",
+    "Absolutely wonderful!",
+    "It arrived broken and nobody answered my emails for two weeks, so I will not order from them again.",
+    "Fine, I guess.",
+    "The plot is thin, the acting is wooden and the ending makes no sense whatsoever.",
+    "A warm, funny and surprisingly moving story.",
+    "Terrible.",
+    "The manual is clear and setting it up took five minutes.",
+    "I expected more, given all the praise it gets.",
+    "Works exactly as described; the battery lasts for days.",
+    "Nothing here is new, but it is done with care.",
+]
+
+
+class ImportRefused(ValueError):
+    """The directory cannot be imported as it is; the message says why and what to do."""
+
+
+def load_checkpoint(source: Path):
+    if not (source / "config.json").is_file():
+        raise ImportRefused(f"{source} has no config.json: not a Hugging Face model directory")
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True).eval()
+    except (ValueError, KeyError, OSError) as exc:
+        raise ImportRefused(f"{source} does not load as a sequence classifier ({config.model_type}): {exc}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (ValueError, OSError, TypeError) as exc:
+        raise ImportRefused(f"{source}: no usable tokenizer files ({exc})") from None
+    if config.problem_type == "multi_label_classification":
+        raise ImportRefused(f"{source} is a multi-label classifier; only single-label classifiers import for now")
+    return config, model, tokenizer
+
+
+def label_names(config, override: list[str] | None) -> list[str]:
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    if override:
+        if len(override) != len(labels):
+            raise ImportRefused(f"--labels names {len(override)} labels; the model has {len(labels)} outputs")
+        return override
+    if all(PLACEHOLDER.fullmatch(str(label)) for label in labels):
+        raise ImportRefused(f"config.id2label holds only placeholder names ({', '.join(labels)}): pass --labels "
+                            "with the real names, in output order")  # fmt: skip
+    return [str(label) for label in labels]
+
+
+def max_length_of(config, tokenizer, override: int | None) -> int:
+    limit = getattr(config, "max_position_embeddings", None) or 512
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # their positions start after the padding index
+    wanted = override or min(int(tokenizer.model_max_length), limit)
+    if wanted > limit:
+        raise ImportRefused(f"--max-length {wanted} exceeds the model's {limit} positions")
+    return wanted
+
+
+def read_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` from a CSV (columns text,label) or JSONL file; unknown labels are refused by name."""
+    if path.suffix == ".jsonl":
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+    if not records or not {"text", "label"} <= set(records[0]):
+        raise ImportRefused(f"{path}: expected rows with 'text' and 'label' fields")
+    unknown = sorted({str(r["label"]) for r in records} - set(labels))
+    if unknown:
+        raise ImportRefused(f"{path}: labels {unknown} are not among the model's labels {labels}")
+    return [str(r["text"]) for r in records], [str(r["label"]) for r in records]
+
+
+def import_hf(source: Path, out: Path, name: str | None = None, held_out: Path | None = None,
+              labels: list[str] | None = None, max_length: int | None = None) -> Manifest:  # fmt: skip
+    source, out = Path(source), Path(out)
+    config, model, tokenizer = load_checkpoint(source)
+    labels = label_names(config, labels)
+    max_length = max_length_of(config, tokenizer, max_length)
+    texts, targets = read_rows(held_out, labels) if held_out else (PROBE_TEXTS, None)
+    with torch.inference_mode():
+        predicted = np.concatenate([
+            model(**tokenizer(texts[i : i + 32], truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt")).logits.argmax(-1).numpy()
+            for i in range(0, len(texts), 32)
+        ])  # fmt: skip
+    answers = [labels[i] for i in predicted]
+    metrics = {"held_out_rows": len(texts), "source": str(source.resolve()), "model_type": config.model_type}
+    if targets:
+        metrics["held_out_accuracy"] = round(float(np.mean([a == t for a, t in zip(answers, targets, strict=True)])), 4)
+    else:
+        metrics["held_out"] = "built-in probe sentences; targets are the model's own answers"
+
+    out.mkdir(parents=True, exist_ok=True)
+    config.id2label, config.label2id = dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_held_out(out, list(texts), targets or answers)
+    manifest = Manifest(
+        name=name or out.name,
+        task="text_classification",
+        labels=labels,
+        model={
+            "architecture": "hf_sequence_classification",
+            "base": config.model_type,
+            "format": "eager",
+            "file": "model.safetensors",
+        },  # fmt: skip
+        preprocess={"max_length": max_length},
+        serving={
+            "max_batch_size": 32,
+            "max_rows_per_request": 32,
+            "top_k": min(len(labels), 5),
+            "max_text_chars": 20000,
+        },  # fmt: skip
+        metrics=metrics,
+    )
+    write_artifact(out, manifest)
+    print(f"imported {source} ({config.model_type}, {len(labels)} labels, max_length {max_length}) to {out}; "
+          f"held-out: {metrics.get('held_out_accuracy', metrics.get('held_out'))}")  # fmt: skip
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a local Hugging Face sequence-classification checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="the artifact directory to write")
+    parser.add_argument("--name", help="model name on the servers (default: the --out directory's name)")
+    parser.add_argument("--held-out", type=Path, help="labelled rows: CSV (text,label) or JSONL")
+    parser.add_argument("--labels", type=lambda v: v.split(","), help="label names in output order, comma-separated")
+    parser.add_argument("--max-length", type=int, help="tokens per text (longer texts keep their head)")
+    args = parser.parse_args(argv)
+    try:
+        import_hf(args.source, args.out, args.name, args.held_out, args.labels, args.max_length)
+    except ImportRefused as exc:
+        raise SystemExit(f"maas import hf: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
