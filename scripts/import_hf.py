@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
+from scripts.train_text import text_manifest  # noqa: E402
 from scripts.training import write_artifact  # noqa: E402
 
 PLACEHOLDER = re.compile(r"LABEL_\d+")
@@ -141,25 +142,7 @@ def import_hf(source: Path, out: Path, name: str | None = None, held_out: Path |
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_held_out(out, list(texts), targets or answers)
-    manifest = Manifest(
-        name=name or out.name,
-        task="text_classification",
-        labels=labels,
-        model={
-            "architecture": "hf_sequence_classification",
-            "base": config.model_type,
-            "format": "eager",
-            "file": "model.safetensors",
-        },  # fmt: skip
-        preprocess={"max_length": max_length},
-        serving={
-            "max_batch_size": 32,
-            "max_rows_per_request": 32,
-            "top_k": min(len(labels), 5),
-            "max_text_chars": 20000,
-        },  # fmt: skip
-        metrics=metrics,
-    )
+    manifest = text_manifest(name or out.name, labels, config.model_type, max_length, metrics)
     write_artifact(out, manifest)
     print(f"imported {source} ({config.model_type}, {len(labels)} labels, max_length {max_length}) to {out}; "
           f"held-out: {metrics.get('held_out_accuracy', metrics.get('held_out'))}")  # fmt: skip

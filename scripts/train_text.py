@@ -86,37 +86,43 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_held_out(out, list(test_texts), [LABELS[int(y)] for y in test_labels])
-    manifest = Manifest(
-        name="sentiment",
-        task="text_classification",
-        labels=LABELS,
-        model={
-            "architecture": "hf_sequence_classification",
-            "base": "all-MiniLM-L6-v2",
-            "format": "eager",
-            "file": "model.safetensors",
-        },  # fmt: skip
-        preprocess={"max_length": MAX_LENGTH},
-        serving={
-            "max_batch_size": 32,
-            "max_rows_per_request": 32,
-            "top_k": 2,
-            "max_text_chars": 20000,
-        },  # fmt: skip
-        metrics={
-            "held_out_accuracy": round(accuracy, 4),
-            "held_out_rows": len(test_texts),
-            "train_rows": len(train_texts),
-            "epochs": epochs,
-            "train_seconds": round(train_seconds, 1),
-            "seed": seed,
-            "data": "movie-review snippets, Hutto & Gilbert ICWSM 2014",
-        },  # fmt: skip
-    )
+    metrics = {
+        "held_out_accuracy": round(accuracy, 4),
+        "held_out_rows": len(test_texts),
+        "train_rows": len(train_texts),
+        "epochs": epochs,
+        "train_seconds": round(train_seconds, 1),
+        "seed": seed,
+        "data": "movie-review snippets, Hutto & Gilbert ICWSM 2014",
+    }
+    manifest = text_manifest("sentiment", LABELS, "all-MiniLM-L6-v2", MAX_LENGTH, metrics)
     write_artifact(out, manifest)
     print(f"held-out accuracy {accuracy:.4f} on {len(test_texts)} sentences; trained in {train_seconds:.0f}s; "
           f"artifact written to {out}")  # fmt: skip
     return manifest
+
+
+def text_manifest(name: str, labels: list[str], base: str, max_length: int, metrics: dict) -> Manifest:
+    """The manifest of a Hugging Face sequence classifier, trained here or imported (scripts/import_hf.py)."""
+    return Manifest(
+        name=name,
+        task="text_classification",
+        labels=labels,
+        model={
+            "architecture": "hf_sequence_classification",
+            "base": base,
+            "format": "eager",
+            "file": "model.safetensors",
+        },  # fmt: skip
+        preprocess={"max_length": max_length},
+        serving={
+            "max_batch_size": 32,
+            "max_rows_per_request": 32,
+            "top_k": min(len(labels), 5),
+            "max_text_chars": 20000,
+        },  # fmt: skip
+        metrics=metrics,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
