@@ -23,7 +23,12 @@ def load_torch_model(manifest: Manifest, artifact_dir: Path) -> torch.nn.Module:
 
 
 class Classifier(Pipeline):
-    """A pipeline whose model returns logits over ``manifest.labels``."""
+    """A pipeline whose model returns logits over ``manifest.labels``.
+
+    Single-label models answer softmax probabilities. Multi-label ones (``model.multi_label``, a Hugging Face
+    ``problem_type: multi_label_classification`` head) score each label on its own with a sigmoid; their JSON
+    answer adds ``labels``, every label scoring at least ``serving.threshold`` (0.5).
+    """
 
     def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
         super().__init__(manifest, artifact_dir, device)
@@ -31,13 +36,24 @@ class Classifier(Pipeline):
             raise ValueError(f"{manifest.name}: a classification artifact needs labels")
         self.labels = list(manifest.labels)
         self.top_k = max(1, min(int(manifest.serving.get("top_k", 3)), len(self.labels)))
+        self.multi_label = bool(manifest.model.get("multi_label", False))
+        self.threshold = float(manifest.serving.get("threshold", 0.5))
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
 
     def comparable(self, outputs: torch.Tensor) -> np.ndarray:
         """Probabilities: a logit's scale is arbitrary (a confident logistic regression's logits run to tens)."""
-        return torch.softmax(outputs.double(), dim=-1).cpu().numpy()
+        return self.scores(outputs.double()).cpu().numpy()
+
+    def decisions(self, outputs: torch.Tensor) -> np.ndarray:
+        """What the model decides per row: the top label's index, or (multi-label) one yes/no per label."""
+        if self.multi_label:
+            return self.comparable(outputs) >= self.threshold
+        return outputs.argmax(dim=1).cpu().numpy()
 
     def postprocess(self, logits: torch.Tensor) -> list[np.ndarray]:
-        return list(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        return list(self.scores(logits.float()).cpu().numpy())
 
     def format_json(self, results: list[np.ndarray], single: bool) -> Any:
         answers = [self.describe(p) for p in results]
@@ -46,7 +62,10 @@ class Classifier(Pipeline):
     def describe(self, probabilities: np.ndarray) -> dict:
         order = np.argsort(-probabilities, kind="stable")[: self.top_k]
         top = [{"label": self.labels[i], "probability": float(probabilities[i])} for i in order]
-        return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+        answer = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+        if self.multi_label:
+            answer["labels"] = [self.labels[i] for i in np.flatnonzero(probabilities >= self.threshold)]
+        return answer
 
     def format_tensors(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
         probabilities = np.stack(results).astype(np.float32)

@@ -89,11 +89,12 @@ def r2_drop_bounds(truth: np.ndarray, eager: np.ndarray, export: np.ndarray) -> 
 def judge_classifier(
     deviations: np.ndarray, criteria: Criteria, truth: np.ndarray, eager: np.ndarray, export: np.ndarray
 ) -> dict:
-    """``deviations``: per row; ``truth``, ``eager``, ``export``: class indices (the target and each argmax)."""
+    """``deviations``: per row; ``truth``, ``eager``, ``export``: one decision each (the target class and each
+    model's top class; for a multi-label model, one yes/no per row and label)."""
     eager_right, export_right = eager == truth, export == truth
     bounds = accuracy_drop_bounds(eager_right, export_right)
     before, after = float(eager_right.mean()), float(export_right.mean())
-    return judge(deviations, criteria, "accuracy", before, after, bounds, int(np.sum(eager != export)))
+    return judge(deviations, criteria, "accuracy", before, after, bounds, (int(np.sum(eager != export)), len(eager)))
 
 
 def judge_regressor(
@@ -114,7 +115,7 @@ def judge(
     before: float,
     after: float,
     drop_bounds: tuple[float, float, float],
-    disagreements: int | None = None,
+    disagreements: tuple[int, int] | None = None,
 ) -> dict:
     """Apply the four checks; return the report (``passed`` and every figure), or raise ``ExportRejected``."""
     n = len(deviations)
@@ -139,11 +140,13 @@ def judge(
         failures.append(f"the 99th percentile of |export - eager| is {report['q99_abs_deviation']:g}, beyond "
                         f"{criteria.q99_deviation:g}")  # fmt: skip
     if disagreements is not None:
-        low, high = lower_bound_rate(disagreements, n), upper_bound_rate(disagreements, n)
-        report |= {"label_agreement": round(1 - disagreements / n, 4), "disagreement_bounds": [round(low, 4),
+        changed, decisions = disagreements
+        low, high = lower_bound_rate(changed, decisions), upper_bound_rate(changed, decisions)
+        report |= {"label_agreement": round(1 - changed / decisions, 4), "disagreement_bounds": [round(low, 4),
                    round(high, 4)]}  # fmt: skip
         if low > criteria.max_disagreement:
-            failures.append(f"the export's labels disagree with the eager model's on {disagreements} of {n} rows: "
+            unit = "rows" if decisions == n else "row-label decisions"
+            failures.append(f"the export's labels disagree with the eager model's on {changed} of {decisions} {unit}: "
                             f"at least {low:.1%} of inputs at {CONFIDENCE:.0%} confidence, beyond "
                             f"{criteria.max_disagreement:.0%}")  # fmt: skip
     if drop_low > criteria.max_metric_drop:

@@ -198,9 +198,13 @@ def verify(reference: Pipeline, candidate: Pipeline, rows: list, targets: list, 
     full = [compare(range(i, min(i + VERIFY_BATCH, len(rows)))) for i in range(0, len(rows), VERIFY_BATCH)]
     ref, cand = torch.cat([r for r, _ in full]), torch.cat([c for _, c in full])
     labels = reference.manifest.labels
-    if labels:
-        truth = np.array([labels.index(t) for t in targets])
-        return judge_classifier(deviations, criteria, truth, ref.argmax(dim=1).numpy(), cand.argmax(dim=1).numpy())
+    if labels:  # one decision per row, or per row and label for multi-label models, as in the model's answers
+        if reference.multi_label:
+            truth = np.array([[label in target for label in labels] for target in targets])
+        else:
+            truth = np.array([labels.index(t) for t in targets])
+        before, after = (reference.decisions(outputs).reshape(-1) for outputs in (ref, cand))
+        return judge_classifier(deviations, criteria, truth.reshape(-1), before, after)
     before, after = (np.asarray(reference.postprocess(o), dtype=np.float64).reshape(-1) for o in (ref, cand))
     return judge_regressor(deviations, criteria, np.asarray(targets, dtype=np.float64), before, after)
 

@@ -9,7 +9,7 @@ safetensors (a pickled ``pytorch_model.bin`` is converted), the tokenizer, ``pip
 so ``maas export`` / ``maas build`` / the load-time self-check work as for the models trained here.
 
 * Labels come from ``config.id2label`` (``--labels`` overrides them; placeholder names such as LABEL_0 are refused
-  unless given).
+  unless given). A ``problem_type: multi_label_classification`` model scores each label with a sigmoid.
 * ``max_length``: ``--max-length``, else the tokenizer's ``model_max_length`` capped by the position embeddings.
 * ``--held-out FILE``: CSV with columns ``text,label`` or JSONL ``{"text": ..., "label": ...}``, your own
   labelled rows; exports are verified and the held-out accuracy measured on them. Without it, a few built-in
@@ -75,8 +75,6 @@ def load_checkpoint(source: Path):
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (ValueError, OSError, TypeError) as exc:
         raise ImportRefused(f"{source}: no usable tokenizer files ({exc})") from None
-    if config.problem_type == "multi_label_classification":
-        raise ImportRefused(f"{source} is a multi-label classifier; only single-label classifiers import for now")
     return config, model, tokenizer
 
 
@@ -102,8 +100,10 @@ def max_length_of(config, tokenizer, override: int | None) -> int:
     return wanted
 
 
-def read_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str]]:
-    """``(texts, labels)`` from a CSV (columns text,label) or JSONL file; unknown labels are refused by name."""
+def read_rows(path: Path, labels: list[str], multi_label: bool) -> tuple[list[str], list]:
+    """``(texts, targets)`` from a CSV (columns text,label) or JSONL file; unknown labels are refused by name.
+
+    A multi-label row's label is a list (JSONL) or ``;``-separated names (CSV), possibly empty."""
     if path.suffix == ".jsonl":
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     else:
@@ -111,10 +111,15 @@ def read_rows(path: Path, labels: list[str]) -> tuple[list[str], list[str]]:
             records = list(csv.DictReader(f))
     if not records or not {"text", "label"} <= set(records[0]):
         raise ImportRefused(f"{path}: expected rows with 'text' and 'label' fields")
-    unknown = sorted({str(r["label"]) for r in records} - set(labels))
+    if multi_label:
+        targets = [r["label"] if isinstance(r["label"], list) else [n for n in str(r["label"]).split(";") if n]
+                   for r in records]  # fmt: skip
+    else:
+        targets = [str(r["label"]) for r in records]
+    unknown = sorted({str(t) for target in targets for t in (target if multi_label else [target])} - set(labels))
     if unknown:
         raise ImportRefused(f"{path}: labels {unknown} are not among the model's labels {labels}")
-    return [str(r["text"]) for r in records], [str(r["label"]) for r in records]
+    return [str(r["text"]) for r in records], targets
 
 
 def import_hf(source: Path, out: Path, name: str | None = None, held_out: Path | None = None,
@@ -123,17 +128,22 @@ def import_hf(source: Path, out: Path, name: str | None = None, held_out: Path |
     config, model, tokenizer = load_checkpoint(source)
     labels = label_names(config, labels)
     max_length = max_length_of(config, tokenizer, max_length)
-    texts, targets = read_rows(held_out, labels) if held_out else (PROBE_TEXTS, None)
+    multi_label = config.problem_type == "multi_label_classification"
+    texts, targets = read_rows(held_out, labels, multi_label) if held_out else (PROBE_TEXTS, None)
     with torch.inference_mode():
-        predicted = np.concatenate([
+        logits = torch.cat([
             model(**tokenizer(texts[i : i + 32], truncation=True, max_length=max_length, padding=True,
-                              return_tensors="pt")).logits.argmax(-1).numpy()
+                              return_tensors="pt")).logits
             for i in range(0, len(texts), 32)
         ])  # fmt: skip
-    answers = [labels[i] for i in predicted]
+    if multi_label:  # every label scoring 0.5 or more, as the served answer's "labels"
+        answers = [[labels[j] for j in np.flatnonzero(row)] for row in (torch.sigmoid(logits) >= 0.5).numpy()]
+    else:
+        answers = [labels[i] for i in logits.argmax(-1).numpy()]
     metrics = {"held_out_rows": len(texts), "source": str(source.resolve()), "model_type": config.model_type}
-    if targets:
-        metrics["held_out_accuracy"] = round(float(np.mean([a == t for a, t in zip(answers, targets, strict=True)])), 4)
+    if targets:  # multi-label: every label of the row right
+        hits = [sorted(a) == sorted(t) if multi_label else a == t for a, t in zip(answers, targets, strict=True)]
+        metrics["held_out_accuracy"] = round(float(np.mean(hits)), 4)
     else:
         metrics["held_out"] = "built-in probe sentences; targets are the model's own answers"
 
@@ -142,7 +152,7 @@ def import_hf(source: Path, out: Path, name: str | None = None, held_out: Path |
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_held_out(out, list(texts), targets or answers)
-    manifest = text_manifest(name or out.name, labels, config.model_type, max_length, metrics)
+    manifest = text_manifest(name or out.name, labels, config.model_type, max_length, metrics, multi_label)
     write_artifact(out, manifest)
     print(f"imported {source} ({config.model_type}, {len(labels)} labels, max_length {max_length}) to {out}; "
           f"held-out: {metrics.get('held_out_accuracy', metrics.get('held_out'))}")  # fmt: skip

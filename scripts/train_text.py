@@ -102,7 +102,9 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     return manifest
 
 
-def text_manifest(name: str, labels: list[str], base: str, max_length: int, metrics: dict) -> Manifest:
+def text_manifest(
+    name: str, labels: list[str], base: str, max_length: int, metrics: dict, multi_label: bool = False
+) -> Manifest:
     """The manifest of a Hugging Face sequence classifier, trained here or imported (scripts/import_hf.py)."""
     return Manifest(
         name=name,
@@ -113,6 +115,7 @@ def text_manifest(name: str, labels: list[str], base: str, max_length: int, metr
             "base": base,
             "format": "eager",
             "file": "model.safetensors",
+            "multi_label": multi_label,
         },  # fmt: skip
         preprocess={"max_length": max_length},
         serving={

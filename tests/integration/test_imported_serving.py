@@ -10,10 +10,10 @@ import tritonclient.grpc as triton_grpc
 from scripts.samples import triton_bytes_input
 from scripts.servers import bearer
 from tests.fixtures.hf import LABELS
-from tests.unit.test_import_hf import TEXTS, reference_probabilities
+from tests.unit.test_import_hf import ARCHITECTURES, TEXTS, reference_probabilities
 
 
-@pytest.mark.parametrize("architecture", ["distilbert", "roberta", "electra"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_imported_model_on_both_servers_answers_as_transformers(torchserve, triton, hf_checkpoints, architecture):
     model, want = f"hf_{architecture}", reference_probabilities(hf_checkpoints[architecture], TEXTS)
     answer = httpx.post(f"{torchserve.inference_url}/predictions/{model}", json={"text": TEXTS},

@@ -13,6 +13,7 @@ from handlers.artifact import read_held_out, read_manifest
 from handlers.self_check import SELF_CHECK_NAME
 from handlers.tasks import load_pipeline
 from scripts.cli import main as maas
+from scripts.export import export
 from scripts.import_hf import PROBE_TEXTS, ImportRefused, import_hf
 from tests.fixtures.hf import LABELS
 
@@ -31,18 +32,33 @@ def reference_probabilities(checkpoint, texts: list[str]) -> np.ndarray:
     return np.array(rows)
 
 
-@pytest.mark.parametrize("architecture", ["distilbert", "roberta", "electra"])
+ARCHITECTURES = ["distilbert", "roberta", "electra", "multilabel"]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_an_imported_model_answers_as_transformers_does(hf_checkpoints, hf_artifacts, architecture):
     artifact = hf_artifacts[architecture]
     manifest = read_manifest(artifact)
     assert manifest.labels == list(LABELS.values()) and manifest.preprocess["max_length"] == 128
-    assert manifest.model["base"] == architecture and (artifact / SELF_CHECK_NAME).is_file()
+    assert manifest.model["multi_label"] == (architecture == "multilabel") and (artifact / SELF_CHECK_NAME).is_file()
     served = load_pipeline(artifact)
     answers = served.handle_json([{"text": TEXTS}])[0][1]
     got = np.array([[next(e["probability"] for e in a["top_k"] if e["label"] == lab) for lab in LABELS.values()]
                     for a in answers])  # fmt: skip
     np.testing.assert_allclose(got, reference_probabilities(hf_checkpoints[architecture], TEXTS), atol=1e-5)
     assert np.ptp(got, axis=0).max() > 1e-3  # the texts get different answers: the comparison means something
+    if architecture == "multilabel":  # independent scores, and every label at 0.5 or more is named
+        assert not np.allclose(got.sum(axis=1), 1)
+        assert all(a["labels"] == [lab for lab, p in zip(LABELS.values(), row, strict=True) if p >= 0.5]
+                   for a, row in zip(answers, got, strict=True))  # fmt: skip
+
+
+def test_a_multi_label_export_is_verified_per_label_decision(hf_artifacts, tmp_path):
+    out = export(hf_artifacts["multilabel"], "onnx", out=tmp_path / "onnx")
+    report = read_manifest(out).model["verification"]
+    assert report["passed"] and report["label_agreement"] == 1 and report["held_out_rows"] == len(PROBE_TEXTS)
+    _, targets = read_held_out(out)
+    assert all(isinstance(t, list) for t in targets)
 
 
 def test_held_out_rows_from_a_csv_measure_accuracy(hf_checkpoints, tmp_path):
