@@ -98,6 +98,10 @@ class Pipeline(ABC):
     def format_tensors(self, results: list[Any]) -> dict[str, np.ndarray]:
         """Output tensors for one Triton request, batch dim first."""
 
+    def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        """The Triton inputs a client would send for rows parsed from a TorchServe body (``maas check``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how a client sends its rows to Triton")
+
     @classmethod
     @abstractmethod
     def input_specs(cls, manifest: Manifest) -> list[TensorSpec]: ...

@@ -4,6 +4,7 @@
     maas import hf DIR --out ARTIFACT    import a Hugging Face sequence-classification checkpoint
     maas export ARTIFACT --format F      export to torchscript | onnx | onnx_int8 (verified)
     maas build ARTIFACT [...]            package for TorchServe (model_store/) and Triton (model_repository/)
+    maas check ARTIFACT --input FILE...  requests through both servers' handlers in process, side by side
     maas serve start|stop torchserve|triton|both
     maas samples                         send sample requests to the running servers
     maas bench serving|formats|int8      the benchmarks (reports/)
@@ -25,6 +26,7 @@ COMMANDS = {
     ("import", "hf"): "scripts.import_hf",
     ("export",): "scripts.export",
     ("build",): "scripts.build",
+    ("check",): "scripts.check",
     ("serve",): "scripts.servers",
     ("samples",): "scripts.samples",
     ("bench", "serving"): "scripts.benchmark",

@@ -63,6 +63,11 @@ class ImageClassifier(Classifier):
             return Request([_as_bytes(v) for v in tensors["IMAGE"].reshape(-1)])
         return Request(list(tensors["PIXELS"]))
 
+    def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        if all(isinstance(row, (bytes, bytearray)) for row in rows):
+            return {"IMAGE": np.array([bytes(row) for row in rows], dtype=np.object_).reshape(-1, 1)}
+        return {"PIXELS": np.array(rows, dtype=np.float32)}
+
     @classmethod
     def input_specs(cls, manifest: Manifest) -> list[TensorSpec]:
         pre = manifest.preprocess

@@ -69,6 +69,10 @@ class TextClassifier(Classifier):
             raise InvalidInput("the input TEXT is required")
         return Request(list(tensors["TEXT"].reshape(-1)))
 
+    def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
+        texts = [row.encode() if isinstance(row, str) else row for row in rows]
+        return {"TEXT": np.array(texts, dtype=np.object_).reshape(-1, 1)}
+
     @classmethod
     def input_specs(cls, manifest: Manifest) -> list[TensorSpec]:
         return [TensorSpec("TEXT", "TYPE_STRING", (1,))]

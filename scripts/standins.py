@@ -1,4 +1,9 @@
-"""Small fakes of server internals, for unit tests of the adapters only (integration tests use real servers)."""
+"""Stand-ins for the servers' objects a handler talks to: TorchServe's context and Triton's
+``triton_python_backend_utils`` (which exists only inside tritonserver).
+
+For ``maas check`` (both adapters in process, before any server starts) and the adapters' unit tests. They are
+not the servers: the integration tests run the real TorchServe and tritonserver.
+"""
 
 from __future__ import annotations
 
