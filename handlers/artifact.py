@@ -29,6 +29,9 @@ class Manifest:
     serving: dict = field(default_factory=dict)  # batch size, delays, request limits, top_k
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     metrics: dict = field(default_factory=dict)  # held-out figures measured at training time
+    # A pipeline class the artifact carries itself ({"file": "pipeline.py", "class": "MyPipeline"}), for models no
+    # built-in task serves; None: the class registered for ``task`` (handlers/tasks/__init__.py).
+    pipeline: dict | None = None
     format_version: int = FORMAT_VERSION
 
 

@@ -46,7 +46,7 @@ def triton_side(artifact: Path, bodies: list[Any]) -> tuple[Pipeline, list[Any]]
     from handlers.triton_model import TritonPythonModel
 
     manifest = read_manifest(artifact)
-    cls = pipeline_class(manifest.task)
+    cls = pipeline_class(manifest, artifact)
     config = {
         "input": [{"name": spec.name} for spec in cls.input_specs(manifest)],
         "output": [{"name": spec.name, "data_type": spec.data_type} for spec in cls.output_specs(manifest)],

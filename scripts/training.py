@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import random
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,9 +64,16 @@ def fit(
     return model.eval()
 
 
-def write_artifact(out, manifest: Manifest) -> None:
+def write_artifact(out, manifest: Manifest, pipeline: type | None = None) -> None:
     """Write the manifest, then record the eager model's self-check (its answers on a few held-out rows, checked
-    again whenever a server loads it) and checksum that too. ``held_out.jsonl`` must be written first."""
+    again whenever a server loads it) and checksum that too. ``held_out.jsonl`` must be written first.
+
+    ``pipeline``: a ``Pipeline`` subclass defined in the caller's own file (a model no built-in task serves); the
+    file is copied into the artifact as ``pipeline.py`` and the manifest names the class, so every server imports
+    it from the artifact (README, "Serve your own model")."""
+    if pipeline is not None:
+        shutil.copyfile(inspect.getsourcefile(pipeline), Path(out) / "pipeline.py")
+        manifest.pipeline = {"file": "pipeline.py", "class": pipeline.__name__}
     write_artifact_manifest(out, manifest)
     rows, _ = read_held_out(out)
     record_self_check(out, load_pipeline(out, self_check=False), rows, FP32.max_deviation)

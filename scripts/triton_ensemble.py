@@ -63,7 +63,7 @@ def ensemble_configs(
     fmt = manifest.model.get("format")
     if fmt not in formats:
         raise ValueError(f"Triton's {platform} backend cannot run a {fmt} artifact; export it to one of {formats}")
-    task = pipeline_class(manifest.task)
+    task = pipeline_class(manifest, artifact_dir)
     task_inputs, task_outputs = task.input_specs(manifest), task.output_specs(manifest)
     net_inputs, net_output = network_specs(artifact_dir, manifest)
     max_batch = int(manifest.serving.get("max_batch_size", 32))

@@ -28,8 +28,10 @@ ENTRY_POINT = entry_point_source(
 )
 
 
-def model_config(manifest: Manifest, name: str, python_env: Path, instances: int = 1) -> mc.ModelConfig:
-    task = pipeline_class(manifest.task)
+def model_config(
+    manifest: Manifest, artifact_dir: Path, name: str, python_env: Path, instances: int = 1
+) -> mc.ModelConfig:
+    task = pipeline_class(manifest, artifact_dir)
     serving = manifest.serving
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=int(serving.get("max_batch_size", 32)))
     for spec in task.input_specs(manifest):
@@ -71,6 +73,6 @@ def build_triton_model(
     version_dir.mkdir(parents=True)
     copy_runtime(artifact_dir, version_dir)
     (version_dir / "model.py").write_text(ENTRY_POINT)
-    config = model_config(manifest, name, python_env, instances)
+    config = model_config(manifest, artifact_dir, name, python_env, instances)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return model_dir

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.tabular",
     "tests.fixtures.exports",
     "tests.fixtures.hf",
+    "tests.fixtures.user_pipeline",
 ]

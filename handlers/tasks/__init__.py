@@ -1,11 +1,16 @@
-"""Task registry: the manifest's ``task`` names the pipeline class that serves an artifact.
+"""Which pipeline class serves an artifact: the one registered for its ``task``, or the artifact's own.
 
-Classes are imported lazily so that serving digits never imports transformers, and vice versa.
+Registered classes are imported lazily so that serving digits never imports transformers, and vice versa. An
+artifact may carry its own pipeline file instead (``manifest.pipeline``: a user's model in one file, see the
+README's "Serve your own model"); it is checksummed like every artifact file and imported from the artifact.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
+import sys
 from pathlib import Path
 
 from handlers.artifact import Manifest, read_manifest
@@ -20,11 +25,31 @@ TASKS = {
 }
 
 
-def pipeline_class(task: str) -> type[Pipeline]:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
-    module_name, class_name = TASKS[task].split(":")
+def pipeline_class(manifest: Manifest, artifact_dir: Path) -> type[Pipeline]:
+    if manifest.pipeline:
+        return artifact_pipeline_class(manifest, Path(artifact_dir))
+    if manifest.task not in TASKS:
+        raise ValueError(f"unknown task {manifest.task!r}; known tasks: {sorted(TASKS)}, or ship a pipeline file")
+    module_name, class_name = TASKS[manifest.task].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def artifact_pipeline_class(manifest: Manifest, artifact_dir: Path) -> type[Pipeline]:
+    """Import the pipeline file the artifact carries (once per process) and return its class."""
+    path, class_name = artifact_dir / manifest.pipeline["file"], manifest.pipeline["class"]
+    module_name = "maas_pipeline_" + re.sub(
+        r"\W", "_", f"{manifest.name}_{manifest.files.get(manifest.pipeline['file'], '')[:12]}"
+    )
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look classes up through sys.modules
+        spec.loader.exec_module(module)
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+        raise ValueError(f"{path} has no Pipeline subclass named {class_name!r}")
+    return cls
 
 
 def load_pipeline(
@@ -41,7 +66,7 @@ def load_pipeline(
     model's answers on this machine drift beyond its tolerance; build tools that are making the record turn it off.
     """
     manifest = manifest or read_manifest(artifact_dir, without_model=not with_model)
-    pipeline = pipeline_class(manifest.task)(manifest, Path(artifact_dir), device)
+    pipeline = pipeline_class(manifest, artifact_dir)(manifest, Path(artifact_dir), device)
     if with_model:
         pipeline.model  # noqa: B018 - load now, so a broken model fails the server's model load, not a request
         if self_check:

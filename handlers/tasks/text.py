@@ -17,13 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from handlers.artifact import Manifest
 from handlers.classification import Classifier
-from handlers.errors import InvalidInput, PayloadTooLarge
-from handlers.pipeline import Request, TensorSpec, decode_json_body
+from handlers.tasks.text_input import TextInput
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # artifacts are self-contained; never reach for a model hub
 
@@ -44,53 +42,19 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-class TextClassifier(Classifier):
+class TextClassifier(TextInput, Classifier):
     MODEL_INPUTS = {"input_ids": ("batch", "sequence"), "attention_mask": ("batch", "sequence")}
 
     def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
         super().__init__(manifest, artifact_dir, device)
         self.max_length = int(manifest.preprocess.get("max_length", 128))
-        self.max_text_chars = int(manifest.serving.get("max_text_chars", 20000))
         self.tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
-    # ---- wire formats -------------------------------------------------------------------------------
-    def parse_json(self, body: Any) -> Request:
-        if isinstance(body, str) or (isinstance(body, (bytes, bytearray)) and body.lstrip()[:1] != b"{"):
-            return Request([body], single=True)  # a text/plain body; decoded and checked in preprocess
-        body = decode_json_body(body)
-        if not isinstance(body, dict) or "text" not in body:
-            raise InvalidInput('send JSON {"text": "..."} or {"text": ["...", ...]}')
-        text = body["text"]
-        return Request(text, single=False) if isinstance(text, list) else Request([text], single=True)
-
-    def parse_tensors(self, tensors: dict[str, np.ndarray]) -> Request:
-        if "TEXT" not in tensors:
-            raise InvalidInput("the input TEXT is required")
-        return Request(list(tensors["TEXT"].reshape(-1)))
-
-    def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
-        texts = [row.encode() if isinstance(row, str) else row for row in rows]
-        return {"TEXT": np.array(texts, dtype=np.object_).reshape(-1, 1)}
-
-    @classmethod
-    def input_specs(cls, manifest: Manifest) -> list[TensorSpec]:
-        return [TensorSpec("TEXT", "TYPE_STRING", (1,))]
-
     # ---- the model ----------------------------------------------------------------------------------
     def preprocess(self, row: Any) -> list[int]:
-        if isinstance(row, (bytes, bytearray, np.bytes_)):
-            try:
-                row = bytes(row).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"the text is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-        if not isinstance(row, str):
-            raise InvalidInput(f"a text must be a string, got {type(row).__name__}")
-        if not row.strip():
-            raise InvalidInput("the text is empty")
-        if len(row) > self.max_text_chars:
-            raise PayloadTooLarge(f"the text has {len(row)} characters; at most {self.max_text_chars} are accepted")
-        return self.tokenizer(row, truncation=True, max_length=self.max_length)["input_ids"]
+        text = self.validate_text(row)
+        return self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
 
     def collate(self, features: list[list[int]]) -> dict[str, torch.Tensor]:
         """Pad to the longest text of this batch (right padding, as the tokenizer was trained)."""

@@ -18,9 +18,10 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def served_artifacts(digits_artifact, text_artifact, tabular_artifacts, hf_artifacts) -> list:
-    """Every artifact the session's servers load, one fixture per task (tests/fixtures/), and the imported ones."""
-    return [digits_artifact, text_artifact, *tabular_artifacts, *hf_artifacts.values()]
+def served_artifacts(digits_artifact, text_artifact, tabular_artifacts, hf_artifacts, user_pipeline_artifact) -> list:
+    """Every artifact the session's servers load: one fixture per task (tests/fixtures/), the imported models, and
+    a user's own pipeline file."""
+    return [digits_artifact, text_artifact, *tabular_artifacts, *hf_artifacts.values(), user_pipeline_artifact]
 
 
 # Exports served beside the eager models, as <name>_<format> (tests/integration/test_formats_serving.py), and
