@@ -7,6 +7,7 @@ corrupted or tampered archive at load time instead of answering with wrong predi
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,8 @@ from pathlib import Path
 
 MANIFEST_NAME = "pipeline.json"
 # Held-out examples written by training, one JSON object per line: {"input": <a row as a request carries it>,
-# "target": <label or value>}. Exports are checked against them (scripts/export.py); servers never read them.
+# "target": <label or value>}; a row of raw bytes (an encoded image) is stored as {"input_base64": ...}. Exports
+# are checked against them (scripts/export.py), and the self-check carries a few (handlers/self_check.py).
 HELD_OUT_NAME = "held_out.jsonl"
 FORMAT_VERSION = 1
 
@@ -59,7 +61,18 @@ def write_artifact_manifest(directory: Path, manifest: Manifest) -> Path:
 def write_held_out(directory: Path, inputs: list, targets: list) -> None:
     with open(Path(directory) / HELD_OUT_NAME, "w") as f:
         for row, target in zip(inputs, targets, strict=True):
-            f.write(json.dumps({"input": row, "target": target}) + "\n")
+            f.write(json.dumps({**encode_row(row), "target": target}) + "\n")
+
+
+def encode_row(row) -> dict:
+    """A request row as JSON: as it is, or base64 when it is raw bytes."""
+    if isinstance(row, (bytes, bytearray)):
+        return {"input_base64": base64.b64encode(bytes(row)).decode("ascii")}
+    return {"input": row}
+
+
+def decode_row(record: dict):
+    return base64.b64decode(record["input_base64"]) if "input_base64" in record else record["input"]
 
 
 def read_held_out(directory: Path) -> tuple[list, list]:
@@ -67,7 +80,7 @@ def read_held_out(directory: Path) -> tuple[list, list]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: retrain the model with this version's training scripts")
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [line["input"] for line in lines], [line["target"] for line in lines]
+    return [decode_row(line) for line in lines], [line["target"] for line in lines]
 
 
 def read_manifest(directory: Path, verify: bool = True, without_model: bool = False) -> Manifest:

@@ -41,7 +41,7 @@ class TorchRunner:
 class OnnxRunner:
     """An ONNX Runtime session; torch tensors in and out, so the pipeline's postprocessing is unchanged."""
 
-    def __init__(self, path: Path, device: str):
+    def __init__(self, path: Path, device: str, input_names: list[str] | None = None):
         import onnxruntime as ort  # only artifacts in ONNX formats need it
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
@@ -52,10 +52,16 @@ class OnnxRunner:
         # 108-129 with it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        # The task's input names, in order, fed to the session's inputs in order: exports made here use the same
+        # names; an imported ONNX file may call its image input "input" or "x".
+        session_inputs = [i.name for i in self.session.get_inputs()]
+        names = input_names or session_inputs
+        if len(names) != len(session_inputs):
+            raise ValueError(f"{path} takes inputs {session_inputs}; the task feeds {names}")
+        self.inputs = dict(zip(session_inputs, names, strict=True))
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        feeds = {name: np.ascontiguousarray(batch[name].cpu().numpy()) for name in self.input_names}
+        feeds = {name: np.ascontiguousarray(batch[task].cpu().numpy()) for name, task in self.inputs.items()}
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
@@ -76,4 +82,4 @@ def load_runner(
     path = Path(artifact_dir) / model["file"]
     if fmt == "torchscript":
         return TorchRunner(torch.jit.load(str(path), map_location=device).eval(), input_names)
-    return OnnxRunner(path, device)
+    return OnnxRunner(path, device, input_names)

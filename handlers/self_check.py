@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from handlers.artifact import decode_row, encode_row
+
 if TYPE_CHECKING:
     from handlers.pipeline import Pipeline
 
@@ -45,7 +47,7 @@ def record_self_check(
     record = {
         "format": candidate.manifest.model.get("format", "eager"),
         "tolerance": tolerance,
-        "rows": rows,
+        "rows": [encode_row(row) for row in rows],
         "reference": (answers(reference, rows) if reference else recorded).tolist(),
         "recorded": recorded.tolist(),  # this format's answers on the build machine: drift is logged, not judged
     }
@@ -61,7 +63,7 @@ def run_self_check(pipeline: Pipeline) -> dict | None:
         return None
     record = json.loads((pipeline.artifact_dir / SELF_CHECK_NAME).read_text())
     start = time.perf_counter()
-    got = answers(pipeline, record["rows"])
+    got = answers(pipeline, [decode_row(row) for row in record["rows"]])
     result = {
         "rows": len(record["rows"]),
         "max_deviation": float(np.abs(got - np.asarray(record["reference"])).max()),

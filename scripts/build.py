@@ -66,8 +66,9 @@ def build(
         artifact_dir = export(artifact_dir, fmt or DEFAULT_FORMATS.get(manifest.task, "eager"), manifest=manifest)
         manifest = read_manifest(artifact_dir)
     elif fmt not in (None, manifest.model.get("format")):
-        raise ValueError(f"{artifact_dir} is a {manifest.model.get('format')} export; build --format {fmt} from "
-                         "the eager artifact it came from")  # fmt: skip
+        origin = ("was imported as such and is served in that format" if "imported_from" in manifest.model
+                  else f"is an export; build --format {fmt} from the eager artifact it came from")  # fmt: skip
+        raise ValueError(f"{artifact_dir} holds a {manifest.model.get('format')} model: it {origin}")
     name = name or manifest.name
     seconds = {}
     if model_store is not None:

@@ -2,6 +2,7 @@
 
     maas train digits|text|tabular ...   train an example or your own model into an artifact
     maas import hf DIR --out ARTIFACT    import a Hugging Face sequence-classification checkpoint
+    maas import torchscript|onnx FILE    import an image classifier (--labels, --input-size, --mean/--std ...)
     maas export ARTIFACT --format F      export to torchscript | onnx | onnx_int8 (verified)
     maas build ARTIFACT [...]            package for TorchServe (model_store/) and Triton (model_repository/)
     maas check ARTIFACT --input FILE...  requests through both servers' handlers in process, side by side
@@ -18,12 +19,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command words -> module whose main(argv) runs them
+# command words -> the module whose main(argv) runs them (or "module:function")
 COMMANDS = {
     ("train", "digits"): "scripts.train_digits",
     ("train", "text"): "scripts.train_text",
     ("train", "tabular"): "scripts.train_tabular",
     ("import", "hf"): "scripts.import_hf",
+    ("import", "torchscript"): "scripts.import_image",
+    ("import", "onnx"): "scripts.import_image:main_onnx",
     ("export",): "scripts.export",
     ("build",): "scripts.build",
     ("check",): "scripts.check",
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if tuple(argv[: len(words)]) == words:
             # argparse names the program after sys.argv[0]: make each command's --help and errors say "maas ...".
             sys.argv[0] = " ".join(["maas", *words])
-            result = importlib.import_module(module).main(argv[len(words) :])
+            module_name, _, function = module.partition(":")
+            result = getattr(importlib.import_module(module_name), function or "main")(argv[len(words) :])
             return result if isinstance(result, int) else 0
     known = sorted({" ".join(words) for words in COMMANDS})
     if argv and argv[0] not in ("-h", "--help"):

@@ -20,8 +20,6 @@ so ``maas export`` / ``maas build`` / the load-time self-check work as for the m
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import re
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
+from scripts.text_data import DataError, read_labelled_texts  # noqa: E402
 from scripts.train_text import text_manifest  # noqa: E402
 from scripts.training import write_artifact  # noqa: E402
 
@@ -104,22 +103,15 @@ def read_rows(path: Path, labels: list[str], multi_label: bool) -> tuple[list[st
     """``(texts, targets)`` from a CSV (columns text,label) or JSONL file; unknown labels are refused by name.
 
     A multi-label row's label is a list (JSONL) or ``;``-separated names (CSV), possibly empty."""
-    if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    else:
-        with open(path, newline="") as f:
-            records = list(csv.DictReader(f))
-    if not records or not {"text", "label"} <= set(records[0]):
-        raise ImportRefused(f"{path}: expected rows with 'text' and 'label' fields")
+    texts, raw = read_labelled_texts(path)
     if multi_label:
-        targets = [r["label"] if isinstance(r["label"], list) else [n for n in str(r["label"]).split(";") if n]
-                   for r in records]  # fmt: skip
+        targets = [r if isinstance(r, list) else [n for n in str(r).split(";") if n] for r in raw]
     else:
-        targets = [str(r["label"]) for r in records]
+        targets = [str(r) for r in raw]
     unknown = sorted({str(t) for target in targets for t in (target if multi_label else [target])} - set(labels))
     if unknown:
         raise ImportRefused(f"{path}: labels {unknown} are not among the model's labels {labels}")
-    return [str(r["text"]) for r in records], targets
+    return texts, targets
 
 
 def import_hf(source: Path, out: Path, name: str | None = None, held_out: Path | None = None,
@@ -170,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         import_hf(args.source, args.out, args.name, args.held_out, args.labels, args.max_length)
-    except ImportRefused as exc:
+    except (ImportRefused, DataError) as exc:
         raise SystemExit(f"maas import hf: {exc}") from None
 
 

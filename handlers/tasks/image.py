@@ -6,8 +6,13 @@ Contracts
 * Triton: ``IMAGE`` (BYTES, one encoded image per row) or ``PIXELS`` (FP32 ``[n, H, W]`` or ``[n, C, H, W]``);
   outputs ``LABEL``, ``PROBABILITY``, ``PROBABILITIES``.
 
-Encoded images are converted to what the model was trained on, as recorded in the manifest: grey or RGB,
-resized to H x W with an area (box) filter, and inverted when the training data had light ink on dark.
+Encoded images are converted to what the model was trained on, as recorded in the manifest's ``preprocess``:
+grey or RGB (``channels``); resized (``resize``) to H x W (``plain``), or with the shorter side to
+``resize_shorter`` then centre-cropped to H x W (``shorter_side``, torchvision's classic Resize + CenterCrop);
+with an area (``box``, default) or ``bilinear`` filter (``interpolation``); inverted when the training data had
+light ink on dark (``invert``); and, when the manifest gives ``mean`` and ``std`` (per channel, on the 0..1 scale),
+normalised as ``(x - mean) / std``. JSON ``pixels`` skip the resizing (they must have the model's shape) but not
+the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from handlers.pipeline import Request, TensorSpec, decode_json_body
 
 # Decoding is refused above this many pixels (a decompression bomb guard), unless the manifest says otherwise.
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+RESIZE_POLICIES = ("plain", "shorter_side")
+FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
 
 
 class ImageClassifier(Classifier):
@@ -40,6 +47,14 @@ class ImageClassifier(Classifier):
         self.pixel_max = float(pre.get("pixel_max", 255.0))
         self.invert = bool(pre.get("invert", False))
         self.max_image_pixels = int(pre.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        self.resize = pre.get("resize", "plain")
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"preprocess.resize must be one of {RESIZE_POLICIES}, not {self.resize!r}")
+        self.resize_shorter = int(pre.get("resize_shorter", max(self.height, self.width)))
+        self.filter = FILTERS[pre.get("interpolation", "box")]
+        shape = (self.channels, 1, 1)
+        self.mean = np.asarray(pre.get("mean", [0.0] * self.channels), dtype=np.float32).reshape(shape)
+        self.std = np.asarray(pre.get("std", [1.0] * self.channels), dtype=np.float32).reshape(shape)
 
     @property
     def pixel_shape(self) -> tuple[int, ...]:
@@ -80,7 +95,8 @@ class ImageClassifier(Classifier):
     # ---- the model ----------------------------------------------------------------------------------
     def preprocess(self, row: Any) -> np.ndarray:
         pixels = self._decode(row) if isinstance(row, bytes) else self._validate_pixels(row)
-        return pixels.reshape(self.channels, self.height, self.width)
+        pixels = pixels.reshape(self.channels, self.height, self.width)
+        return (pixels - self.mean) / self.std
 
     def collate(self, features: list[np.ndarray]) -> dict[str, torch.Tensor]:
         return {"pixels": torch.from_numpy(np.stack(features)).to(self.device)}
@@ -99,9 +115,12 @@ class ImageClassifier(Classifier):
                 raise PayloadTooLarge(
                     f"the image is {image.width}x{image.height}; at most {self.max_image_pixels} pixels are accepted"
                 )
-            image.draft("L" if self.channels == 1 else "RGB", (self.width, self.height))  # cheap JPEG downscale
+            image.draft("L" if self.channels == 1 else "RGB", self._resized(image.size))  # cheap JPEG downscale
             image = image.convert("L" if self.channels == 1 else "RGB")
-            image = image.resize((self.width, self.height), Image.Resampling.BOX)
+            image = image.resize(self._resized(image.size), self.filter)
+            if self.resize == "shorter_side":
+                left, top = round((image.width - self.width) / 2), round((image.height - self.height) / 2)
+                image = image.crop((left, top, left + self.width, top + self.height))
         except Image.DecompressionBombError as exc:
             raise PayloadTooLarge(f"the image is too large to decode: {exc}") from None
         except UnidentifiedImageError:
@@ -112,6 +131,15 @@ class ImageClassifier(Classifier):
         if self.channels != 1:
             pixels = pixels.transpose(2, 0, 1)
         return 1.0 - pixels if self.invert else pixels
+
+    def _resized(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) after resizing, before any crop."""
+        if self.resize == "plain":
+            return self.width, self.height
+        width, height = size
+        if width <= height:
+            return self.resize_shorter, int(self.resize_shorter * height / width)
+        return int(self.resize_shorter * width / height), self.resize_shorter
 
     def _validate_pixels(self, row: Any) -> np.ndarray:
         """Pixel values in the model's own scale (0..pixel_max) -> float32 in [0, 1]."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from handlers.artifact import read_manifest
 from scripts.build import build
 from scripts.servers import TritonPorts, free_port, start_torchserve, start_triton, stop_process
 
@@ -18,10 +19,13 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def served_artifacts(digits_artifact, text_artifact, tabular_artifacts, hf_artifacts, user_pipeline_artifact) -> list:
+def served_artifacts(
+    digits_artifact, text_artifact, tabular_artifacts, hf_artifacts, image_imports, user_pipeline_artifact
+) -> list:
     """Every artifact the session's servers load: one fixture per task (tests/fixtures/), the imported models, and
     a user's own pipeline file."""
-    return [digits_artifact, text_artifact, *tabular_artifacts, *hf_artifacts.values(), user_pipeline_artifact]
+    imported = [*hf_artifacts.values(), *image_imports.values()]
+    return [digits_artifact, text_artifact, *tabular_artifacts, *imported, user_pipeline_artifact]
 
 
 # Exports served beside the eager models, as <name>_<format> (tests/integration/test_formats_serving.py), and
@@ -45,8 +49,8 @@ class BuiltModels:
 def built_models(served_artifacts, exported, tmp_path_factory) -> BuiltModels:
     built = BuiltModels(tmp_path_factory.mktemp("serving"), {})
     where = {"model_store": built.root / "model_store", "triton_repository": built.root / "model_repository"}
-    for artifact in served_artifacts:  # the eager models: what the task tests compare with in-process answers
-        build(artifact, **where, fmt="eager")
+    for artifact in served_artifacts:  # as trained (eager, what the task tests compare with) or as imported
+        build(artifact, **where, fmt="eager" if read_manifest(artifact).model["format"] == "eager" else None)
     exports = [(name, fmt, f"{name}_{fmt}", where) for name, fmt in SERVED_EXPORTS]
     ensemble_where = {"triton_repository": where["triton_repository"], "model_store": None, "triton_ensemble": "python"}
     exports += [(name, fmt, f"{name}_ensemble", ensemble_where) for name, fmt in SERVED_ENSEMBLES]
