@@ -1,6 +1,6 @@
 """``maas``: one command for the whole path from a trained model to both servers.
 
-    maas train digits|text|tabular ...   train an example or your own model into an artifact
+    maas train digits|text|image|tabular ...   train an example or your own model into an artifact
     maas import hf DIR --out ARTIFACT    import a Hugging Face sequence-classification checkpoint
     maas import torchscript|onnx FILE    import an image classifier (--labels, --input-size, --mean/--std ...)
     maas export ARTIFACT --format F      export to torchscript | onnx | onnx_int8 (verified)
@@ -24,6 +24,7 @@ COMMANDS = {
     ("train", "digits"): "scripts.train_digits",
     ("train", "text"): "scripts.train_text",
     ("train", "tabular"): "scripts.train_tabular",
+    ("train", "image"): "scripts.train_image",
     ("import", "hf"): "scripts.import_hf",
     ("import", "torchscript"): "scripts.import_image",
     ("import", "onnx"): "scripts.import_image:main_onnx",
