@@ -18,6 +18,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from tqdm import tqdm
+
 from handlers.artifact import Manifest, read_manifest
 from handlers.formats import FORMATS
 from scripts import MODEL_STORE, TRITON_REPOSITORY
@@ -121,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.name and len(args.artifacts) > 1:
         parser.error("--name needs exactly one artifact")
     serving = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.serving)}
-    for artifact in args.artifacts:
+    for artifact in tqdm(
+        args.artifacts, desc="building", unit="model", disable=None if len(args.artifacts) > 1 else True
+    ):
         try:
             build(
                 artifact,

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from tqdm import tqdm
 
 from handlers.artifact import MANIFEST_NAME, Manifest, read_held_out, read_manifest, write_artifact_manifest
 from handlers.formats import FILES, FORMATS, OUTPUT_NAME
@@ -195,7 +196,8 @@ def verify(reference: Pipeline, candidate: Pipeline, rows: list, targets: list, 
 
     for i in range(min(4, len(rows))):  # batch 1, at several sequence lengths
         compare(range(i, i + 1))
-    full = [compare(range(i, min(i + VERIFY_BATCH, len(rows)))) for i in range(0, len(rows), VERIFY_BATCH)]
+    starts = tqdm(range(0, len(rows), VERIFY_BATCH), desc="verifying", unit="batch", disable=None, leave=False)
+    full = [compare(range(i, min(i + VERIFY_BATCH, len(rows)))) for i in starts]
     ref, cand = torch.cat([r for r, _ in full]), torch.cat([c for _, c in full])
     labels = reference.manifest.labels
     if labels:  # one decision per row, or per row and label for multi-label models, as in the model's answers

