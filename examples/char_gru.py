@@ -79,8 +79,8 @@ def train(out: Path, train_size: int = 10000, n_test: int = 500, epochs: int = 8
     from safetensors.torch import save_file
 
     from handlers.artifact import Manifest, write_held_out
-    from scripts.text_data import LABELS, sentiment_split
-    from scripts.training import fit, predict_logits, seed_everything, write_artifact
+    from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
+    from scripts.training.text_data import LABELS, sentiment_split
 
     seed_everything(seed)
     (texts, labels), (test_texts, test_labels) = sentiment_split(seed, n_test)

@@ -16,7 +16,7 @@ from pathlib import Path
 MANIFEST_NAME = "pipeline.json"
 # Held-out examples written by training, one JSON object per line: {"input": <a row as a request carries it>,
 # "target": <label or value>}; a row of raw bytes (an encoded image) is stored as {"input_base64": ...}. Exports
-# are checked against them (scripts/export.py), and the self-check carries a few (handlers/self_check.py).
+# are checked against them (scripts/packaging/export.py), and the self-check carries a few (handlers/self_check.py).
 HELD_OUT_NAME = "held_out.jsonl"
 FORMAT_VERSION = 1
 

@@ -11,7 +11,8 @@ format           file                    run by
 
 Every runner takes the collated batch, a dict of named tensors in the task's ``MODEL_INPUTS`` order, and returns
 the network's one output tensor (logits, or a regressor's standardised values). Exports are written and checked
-against the eager model by ``scripts/export.py``; the manifest's ``model.format`` says which one an artifact holds.
+against the eager model by ``scripts/packaging/export.py``; the manifest's ``model.format`` says which one
+an artifact holds.
 """
 
 from __future__ import annotations

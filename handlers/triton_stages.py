@@ -1,6 +1,6 @@
 """Triton Python-backend models for the stages of an ensemble: preprocessing, the network, postprocessing.
 
-``scripts/triton_ensemble.py`` writes a repository where the network runs on Triton's own ONNX Runtime or
+``scripts/packaging/triton_ensemble.py`` writes a repository where the network runs on Triton's own ONNX Runtime or
 PyTorch backend (or, where only the Python backend exists, on this file's ``network`` stage) and these stages
 do the rest with the same pipeline code as the single-model repository. The config parameter ``maas_stage`` says
 which stage an instance is.

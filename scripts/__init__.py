@@ -1,6 +1,7 @@
-"""Build-time tools: training, packaging and server control. Never shipped inside an archive.
+"""Build-time tools, grouped by job: training/, packaging/, serving/, benchmarking/. Never shipped in an archive.
 
-Run them from the repository root as modules, e.g. ``.venv/bin/python -m scripts.build --help``.
+Run them through the ``maas`` command (``scripts/cli.py``; ``.venv/bin/maas --help``), or as modules from the
+repository root, e.g. ``.venv/bin/python -m scripts.packaging.build --help``.
 """
 
 from pathlib import Path

@@ -21,21 +21,21 @@ import sys
 
 # command words -> the module whose main(argv) runs them (or "module:function")
 COMMANDS = {
-    ("train", "digits"): "scripts.train_digits",
-    ("train", "text"): "scripts.train_text",
-    ("train", "tabular"): "scripts.train_tabular",
-    ("train", "image"): "scripts.train_image",
-    ("import", "hf"): "scripts.import_hf",
-    ("import", "torchscript"): "scripts.import_image",
-    ("import", "onnx"): "scripts.import_image:main_onnx",
-    ("export",): "scripts.export",
-    ("build",): "scripts.build",
-    ("check",): "scripts.check",
-    ("serve",): "scripts.servers",
-    ("samples",): "scripts.samples",
-    ("bench", "serving"): "scripts.benchmark",
-    ("bench", "formats"): "scripts.benchmark_formats",
-    ("bench", "int8"): "scripts.int8_recipes",
+    ("train", "digits"): "scripts.training.train_digits",
+    ("train", "text"): "scripts.training.train_text",
+    ("train", "tabular"): "scripts.training.train_tabular",
+    ("train", "image"): "scripts.training.train_image",
+    ("import", "hf"): "scripts.training.import_hf",
+    ("import", "torchscript"): "scripts.training.import_image",
+    ("import", "onnx"): "scripts.training.import_image:main_onnx",
+    ("export",): "scripts.packaging.export",
+    ("build",): "scripts.packaging.build",
+    ("check",): "scripts.serving.check",
+    ("serve",): "scripts.serving.servers",
+    ("samples",): "scripts.serving.samples",
+    ("bench", "serving"): "scripts.benchmarking.benchmark",
+    ("bench", "formats"): "scripts.benchmarking.benchmark_formats",
+    ("bench", "int8"): "scripts.benchmarking.int8_recipes",
 }
 
 

@@ -17,7 +17,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
 fi
 command -v java >/dev/null || { echo "setup: TorchServe needs Java 17 (java not on PATH)" >&2; exit 1; }
 # Triton's Python backend stub links libpython3.11.so.1.0: this interpreter's own when it is a shared build
-# (scripts/servers.py puts it first on the library path), else the system's.
+# (scripts/serving/servers.py puts it first on the library path), else the system's.
 shared=$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("Py_ENABLE_SHARED") or 0)')
 if [[ $shared != 1 ]] && ! ldconfig -p | grep -q 'libpython3.11.so.1.0'; then
   echo "setup: installing libpython3.11 for Triton's Python backend stub"

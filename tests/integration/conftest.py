@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from handlers.artifact import read_manifest
-from scripts.build import build
-from scripts.servers import TritonPorts, free_port, start_torchserve, start_triton, stop_process
+from scripts.packaging.build import build
+from scripts.serving.servers import TritonPorts, free_port, start_torchserve, start_triton, stop_process
 
 
 def pytest_collection_modifyitems(items):

@@ -13,8 +13,8 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from handlers.tasks import load_pipeline
-from scripts.samples import digit_png, triton_bytes_input
-from scripts.servers import bearer
+from scripts.serving.samples import digit_png, triton_bytes_input
+from scripts.serving.servers import bearer
 from tests.integration.conftest import SERVED_ENSEMBLES, SERVED_EXPORTS
 
 N = 12

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
-from scripts.samples import triton_bytes_input
-from scripts.servers import bearer
+from scripts.serving.samples import triton_bytes_input
+from scripts.serving.servers import bearer
 from tests.fixtures.image_import import LABELS, reference_probabilities
 from tests.unit.test_import_image import IMAGES
 

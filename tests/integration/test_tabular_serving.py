@@ -19,7 +19,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from handlers.tasks import load_pipeline
-from scripts.servers import bearer
+from scripts.serving.servers import bearer
 
 CASES = ["breast_cancer", "wine", "diabetes", "plants"]
 ROWS = 32  # rows per request: max_rows_per_request and Triton's max_batch_size

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from scripts.acceptance import (
+from scripts.packaging.acceptance import (
     CONFIDENCE,
     CRITERIA,
     ExportRejected,

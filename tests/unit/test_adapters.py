@@ -8,9 +8,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from scripts.build import build
-from scripts.samples import digit_png
-from scripts.standins import FakeContext, install_fake_pb_utils
+from scripts.packaging.build import build
+from scripts.serving.samples import digit_png
+from scripts.serving.standins import FakeContext, install_fake_pb_utils
 
 
 @pytest.fixture(scope="module")

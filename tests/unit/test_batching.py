@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from handlers.tasks import load_pipeline
-from scripts.samples import digit_png
+from scripts.serving.samples import digit_png
 
 
 def count_forward_passes(pipeline) -> list[int]:

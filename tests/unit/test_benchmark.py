@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from scripts.benchmark import (
+from scripts.benchmarking.benchmark import (
     TORCHSERVE_COUNTERS,
     TRITON_COUNTERS,
     best_of,
@@ -25,7 +25,7 @@ from scripts.benchmark import (
     served_settings,
     summary_rows,
 )
-from scripts.loadgen import closed_loop, summarize
+from scripts.benchmarking.loadgen import closed_loop, summarize
 
 
 def test_summarize_percentiles_and_throughput():

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from handlers.artifact import Manifest, write_artifact_manifest
-from scripts.benchmark_formats import (
+from scripts.benchmarking.benchmark_formats import (
     ENSEMBLE_KEY,
     HEADER,
     count_errors,
@@ -18,7 +18,7 @@ from scripts.benchmark_formats import (
     render_markdown,
     suggest_formats,
 )
-from scripts.export import ExportRejected
+from scripts.packaging.export import ExportRejected
 
 
 def _served(grpc_c16: float, errors: int = 0) -> dict:
@@ -61,7 +61,7 @@ def _result(formats: dict, task: str = "image_classification", model: str = "dig
     fill_metrics(data)
     return {
         "meta": {
-            "command": ".venv/bin/python -m scripts.benchmark_formats --models digits",
+            "command": ".venv/bin/python -m scripts.benchmarking.benchmark_formats --models digits",
             "date": "2026-11-22 11:00:00 UTC",
             "machine": "x86_64, 2 cores",
             "duration_s": 2.0,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from scripts.check import check
 from scripts.cli import main as maas
-from scripts.samples import digit_png
+from scripts.serving.check import check
+from scripts.serving.samples import digit_png
 
 
 def test_good_and_bad_requests_side_by_side(digits_artifact, held_out_digits, tmp_path, capsys):

@@ -12,8 +12,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from handlers.artifact import read_manifest
-from scripts.standins import install_fake_pb_utils
-from scripts.triton_ensemble import BACKENDS, build_triton_ensemble
+from scripts.packaging.triton_ensemble import BACKENDS, build_triton_ensemble
+from scripts.serving.standins import install_fake_pb_utils
 
 FORMAT_FOR = {"onnxruntime": "onnx_int8", "libtorch": "torchscript", "python": "onnx"}
 MODEL_FILE = {"onnxruntime": "model.onnx", "libtorch": "model.pt"}

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-import scripts.export as export_module
+import scripts.packaging.export as export_module
 from handlers.artifact import read_held_out, read_manifest
 from handlers.formats import FILES, FORMATS
 from handlers.nets import ResidualBlock
 from handlers.tasks import load_pipeline
-from scripts.acceptance import CRITERIA, ExportRejected
-from scripts.build import build
-from scripts.export import export
+from scripts.packaging.acceptance import CRITERIA, ExportRejected
+from scripts.packaging.build import build
+from scripts.packaging.export import export
 
 
 @pytest.fixture(scope="module")

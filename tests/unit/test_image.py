@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from handlers.tasks import load_pipeline
-from scripts.samples import digit_png
+from scripts.serving.samples import digit_png
 
 
 @pytest.fixture(scope="module")

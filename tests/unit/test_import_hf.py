@@ -13,8 +13,8 @@ from handlers.artifact import read_held_out, read_manifest
 from handlers.self_check import SELF_CHECK_NAME
 from handlers.tasks import load_pipeline
 from scripts.cli import main as maas
-from scripts.export import export
-from scripts.import_hf import PROBE_TEXTS, ImportRefused, import_hf
+from scripts.packaging.export import export
+from scripts.training.import_hf import PROBE_TEXTS, ImportRefused, import_hf
 from tests.fixtures.hf import LABELS
 
 TEXTS = ["A gorgeous, witty film.", "Dull.", "It was fine, nothing more and nothing less, " * 30]

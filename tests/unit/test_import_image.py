@@ -10,9 +10,9 @@ import pytest
 from handlers.artifact import read_held_out, read_manifest
 from handlers.tasks import load_pipeline
 from scripts.cli import main as maas
-from scripts.export import export
-from scripts.import_hf import ImportRefused
-from scripts.import_image import import_image
+from scripts.packaging.export import export
+from scripts.training.import_hf import ImportRefused
+from scripts.training.import_image import import_image
 from tests.fixtures.image_import import LABELS, MEAN, SIZE, STD, photo, reference_probabilities
 
 IMAGES = [photo(120, 90, 1), photo(50, 130, 2, "JPEG"), photo(64, 56, 3), photo(300, 300, 4)]

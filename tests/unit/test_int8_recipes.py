@@ -1,10 +1,11 @@
-"""The int8 recipes study (scripts/int8_recipes.py) on the digits fixture: every recipe measured on the same rows."""
+"""The int8 recipes study (scripts/benchmarking/int8_recipes.py) on the digits fixture: every recipe measured on the
+same rows."""
 
 from __future__ import annotations
 
 import shutil
 
-from scripts.int8_recipes import RECIPES, cpu_flags, study
+from scripts.benchmarking.int8_recipes import RECIPES, cpu_flags, study
 
 
 def test_every_recipe_is_measured_against_fp32(digits_artifact, tmp_path):

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from handlers.artifact import read_manifest
-from scripts.build import build, for_server
+from scripts.packaging.build import build, for_server
 
 
 def test_tampered_artifact_is_refused(digits_artifact, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from handlers.artifact import read_manifest, write_artifact_manifest
 from handlers.self_check import SELF_CHECK_NAME, SELF_CHECK_ROWS, SelfCheckFailed
 from handlers.tasks import load_pipeline
-from scripts.acceptance import CRITERIA
+from scripts.packaging.acceptance import CRITERIA
 
 
 def rewrite(artifact, change) -> None:

@@ -15,8 +15,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from handlers.artifact import read_manifest
 from handlers.nets import build_module
 from handlers.tasks import load_pipeline
-from scripts.build import build
-from scripts.train_tabular import load_csv, main
+from scripts.packaging.build import build
+from scripts.training.train_tabular import load_csv, main
 
 MINIMUM = {"breast_cancer": 0.95, "wine": 0.9, "diabetes": 0.3, "plants": 0.9}  # held-out accuracy or R^2
 

@@ -11,8 +11,8 @@ from PIL import Image
 from handlers.artifact import read_held_out, read_manifest
 from handlers.tasks import load_pipeline
 from scripts.cli import main as maas
-from scripts.text_data import DataError
-from scripts.train_image import train
+from scripts.training.text_data import DataError
+from scripts.training.train_image import train
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
 

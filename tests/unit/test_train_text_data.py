@@ -9,8 +9,8 @@ import pytest
 from handlers.artifact import read_held_out, read_manifest
 from handlers.tasks import load_pipeline
 from scripts.cli import main as maas
-from scripts.text_data import DataError
-from scripts.train_text import train
+from scripts.training.text_data import DataError
+from scripts.training.train_text import train
 
 WORDS = {"praise": "wonderful superb delightful", "complaint": "awful broken useless", "question": "how when why"}
 

@@ -10,7 +10,7 @@ import pytest
 
 from handlers.artifact import read_manifest, write_artifact_manifest
 from handlers.tasks import load_pipeline
-from scripts.build import build
+from scripts.packaging.build import build
 
 
 def test_the_artifact_carries_the_pipeline_file(user_pipeline_artifact):

@@ -1,12 +1,12 @@
 """What moves an int8 model's answers: quantization recipes compared on an artifact's held-out rows.
 
-    .venv/bin/python -m scripts.int8_recipes artifacts/sentiment [--speed-rows 300]
+    .venv/bin/python -m scripts.benchmarking.int8_recipes artifacts/sentiment [--speed-rows 300]
 
 Exports the artifact to fp32 ONNX (verified, reused when current), quantizes it with each recipe below, and prints
 per recipe: the largest and 99th-percentile probability shift against fp32, label agreement, held-out accuracy,
 size, and in-process items/s at batch 1 and 32 (ONNX Runtime, spinning off, best of two passes). Batches of 32 are
 formed as the export verification forms them. The CPU's int8-relevant flags are printed first: int8 figures depend
-on them. ``scripts/export.py`` uses the recipe marked ``*``.
+on them. ``scripts/packaging/export.py`` uses the recipe marked ``*``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from handlers.artifact import read_held_out
 from handlers.formats import OnnxRunner
 from handlers.tasks import load_pipeline
-from scripts.export import early_feed_forward, export, feed_forward_layers, quantize_int8
+from scripts.packaging.export import early_feed_forward, export, feed_forward_layers, quantize_int8
 
 RECIPES = {  # name -> (what is kept in fp32, quantize_dynamic options)
     "8-bit, all layers": ("none", {"reduce_range": False}),

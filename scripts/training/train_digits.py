@@ -1,6 +1,6 @@
 """Train the example image classifier: a small ResNet on scikit-learn's bundled 8x8 handwritten digits.
 
-    .venv/bin/python -m scripts.train_digits [--out artifacts/digits] [--epochs 30] [--seed 0]
+    .venv/bin/python -m scripts.training.train_digits [--out artifacts/digits] [--epochs 30] [--seed 0]
 
 Writes an artifact directory: ``model.safetensors`` and ``pipeline.json`` (labels, preprocessing, checksums,
 held-out accuracy). The digits hold 0..16 ink intensities (light ink on dark); served encoded images are expected
@@ -22,7 +22,7 @@ from torch import nn
 from handlers.artifact import Manifest, write_held_out
 from handlers.nets import build_module
 from scripts import ARTIFACTS_DIR
-from scripts.training import fit, predict_logits, seed_everything, write_artifact
+from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
 
 PIXEL_MAX = 16.0
 MODEL = {"architecture": "small_resnet", "config": {"in_channels": 1, "num_classes": 10, "widths": [32, 64]}}

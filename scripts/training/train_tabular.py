@@ -1,8 +1,8 @@
 """Train a tabular classifier or regressor from a CSV file (or a bundled scikit-learn example) into an artifact.
 
-    .venv/bin/python -m scripts.train_tabular --csv data.csv --target COLUMN [--task classification|regression]
+    .venv/bin/python -m scripts.training.train_tabular --csv data.csv --target COLUMN [--task classification|regression]
         [--model auto|logistic|softmax|mlp|linear] [--out artifacts/NAME] [--name NAME] [--epochs 100] [--seed 0]
-    .venv/bin/python -m scripts.train_tabular --example breast_cancer|wine|diabetes
+    .venv/bin/python -m scripts.training.train_tabular --example breast_cancer|wine|diabetes
 
 Every column but the target is a feature and must be numeric: whole numbers ("int"), other numbers ("float") or
 true/false ("bool"). A text column or an empty cell is refused with its name: encode or fill it first, so that
@@ -36,7 +36,7 @@ from handlers.artifact import Manifest, write_held_out
 from handlers.nets import build_module
 from handlers.tasks.tabular import FeatureSchema
 from scripts import ARTIFACTS_DIR
-from scripts.training import fit, predict_logits, seed_everything, write_artifact
+from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
 
 MAX_CLASSES_INFERRED = 10  # a whole-number target with more distinct values is taken for a quantity
 EXAMPLES = {  # name -> (loader, task, model)
@@ -44,7 +44,7 @@ EXAMPLES = {  # name -> (loader, task, model)
     "wine": (datasets.load_wine, "classification", "mlp"),
     "diabetes": (lambda: datasets.load_diabetes(scaled=False), "regression", "mlp"),
 }
-# Per model family: learning rate and weight decay for scripts.training.fit (AdamW, cosine schedule).
+# Per model family: learning rate and weight decay for scripts.training.common.fit (AdamW, cosine schedule).
 OPTIMISER = {"logistic": (1e-2, 1e-3), "softmax": (1e-2, 1e-3), "linear": (1e-2, 1e-3), "mlp": (1e-3, 1e-2)}
 # Strong dropout: tables here are small (hundreds of rows) and an unregularised MLP overfits them quickly.
 MLP_HIDDEN, MLP_DROPOUT = [64, 64], 0.5

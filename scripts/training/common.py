@@ -16,7 +16,7 @@ from tqdm import tqdm
 from handlers.artifact import Manifest, read_held_out, write_artifact_manifest
 from handlers.self_check import record_self_check
 from handlers.tasks import load_pipeline
-from scripts.acceptance import FP32
+from scripts.packaging.acceptance import FP32
 
 
 def seed_everything(seed: int) -> None:

@@ -1,6 +1,6 @@
 """Benchmark the served models against the bare pipeline: in-process limit, TorchServe, Triton, naive baselines.
 
-    .venv/bin/python -m scripts.benchmark [--models sentiment,digits] [--duration 6] [--concurrency 1,2,4,8,16,32]
+    maas bench serving [--models sentiment,digits] [--duration 6] [--concurrency 1,2,4,8,16,32]
                                           [--out reports/] [--serving [torchserve.|triton.]KEY=VALUE] [--no-naive]
 
 In one run on this machine:
@@ -13,7 +13,8 @@ In one run on this machine:
    naive, ``<name>_naive``, one request per forward pass (``max_batch_size`` 1);
 3. ONE TorchServe and ONE tritonserver on free loopback ports serving all of them, TorchServe warmed up first;
 4. per model, server/protocol (TorchServe REST, Triton HTTP, Triton gRPC; batched and naive) and concurrency: a
-   closed loop of async clients (``scripts.loadgen``), one item per request, a warm-up, then ``--duration`` seconds;
+   closed loop of async clients (``scripts.benchmarking.loadgen``), one item per request, a warm-up, then
+   ``--duration`` seconds;
    the servers' own metrics are read before and after each point (batch size, queue time, time per stage);
 5. ``benchmark.json``, ``benchmark.md`` (summary, targets with PASS/FAIL, per-point tables, where time goes) and
    ``benchmark.png`` (throughput against concurrency) written to ``--out``.
@@ -52,10 +53,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from handlers.artifact import read_manifest
 from handlers.tasks import load_pipeline
 from scripts import ARTIFACTS_DIR, REPO_ROOT
-from scripts.build import build, for_server
-from scripts.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
-from scripts.samples import digit_png, triton_image_input, triton_text_input
-from scripts.servers import TritonPorts, bearer, free_port, start_torchserve, start_triton, stop_process
+from scripts.benchmarking.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
+from scripts.packaging.build import build, for_server
+from scripts.serving.samples import digit_png, triton_image_input, triton_text_input
+from scripts.serving.servers import TritonPorts, bearer, free_port, start_torchserve, start_triton, stop_process
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
@@ -101,7 +102,7 @@ class ModelUnderTest:
 
 
 def text_model(name: str, artifact: Path) -> ModelUnderTest:
-    from scripts.text_data import sentiment_split
+    from scripts.training.text_data import sentiment_split
 
     _, (sentences, _) = sentiment_split()
     tokens = [len(ids) for ids in load_tokenizer(artifact)(sentences)["input_ids"]]
@@ -124,7 +125,7 @@ def load_tokenizer(artifact: Path):
 
 
 def image_model(name: str, artifact: Path) -> ModelUnderTest:
-    from scripts.train_digits import digits_split
+    from scripts.training.train_digits import digits_split
 
     _, x_test, _, _ = digits_split()
     pngs = [digit_png(x) for x in x_test]
@@ -412,7 +413,7 @@ def run(args) -> dict:
     total_points = len(models) * len(series) * len(args.concurrency)
     result = {
         "meta": {
-            **run_meta("scripts.benchmark", args),
+            **run_meta("scripts.benchmarking.benchmark", args),
             "concurrency": list(args.concurrency),
             "serving_overrides": args.serving,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

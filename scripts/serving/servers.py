@@ -2,7 +2,7 @@
 
     maas serve start [torchserve|triton|both] [--repository model_repository] [--http-port 8000] ...
     maas serve stop [torchserve|triton|both]
-    (the same as .venv/bin/python -m scripts.servers start|stop ...)
+    (the same as .venv/bin/python -m scripts.serving.servers start|stop ...)
 
 ``start torchserve`` runs ``torchserve --start --ncs --model-store model_store --ts-config config.properties``;
 ``stop torchserve`` runs ``torchserve --stop``. The default is both servers.

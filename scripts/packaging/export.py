@@ -1,14 +1,14 @@
 """Export a trained (eager) artifact to another model format, and refuse exports that changed the model.
 
-    .venv/bin/python -m scripts.export artifacts/sentiment --format onnx_int8 [--out DIR]
+    .venv/bin/python -m scripts.packaging.export artifacts/sentiment --format onnx_int8 [--out DIR]
 
 Writes ``<artifact>.<format>/`` (by default beside the artifact): the exported network, every other artifact file
 except the eager weights, and a manifest whose ``model`` section records the format, the source weights' SHA-256
-and the verification below. ``scripts.build --format`` calls this and reuses an export that is still current.
+and the verification below. ``scripts.packaging.build --format`` calls this and reuses an export that is still current.
 
 Verification runs the eager and the exported pipeline on the artifact's held-out examples (``held_out.jsonl``):
 at batch 1 (several lengths, for text) and in batches of 32, so dynamic batch and sequence dims are exercised.
-``scripts/acceptance.py`` judges the outcome (per-row deviation, its 99th percentile, label agreement and the
+``scripts/packaging/acceptance.py`` judges the outcome (per-row deviation, its 99th percentile, label agreement and the
 held-out metric, with confidence bounds); a refused export writes nothing. An accepted one carries a self-check
 (``handlers/self_check.py``) that every server runs when it loads the model.
 """
@@ -35,7 +35,7 @@ from handlers.formats import FILES, FORMATS, OUTPUT_NAME
 from handlers.pipeline import Pipeline
 from handlers.self_check import record_self_check
 from handlers.tasks import load_pipeline
-from scripts.acceptance import CRITERIA, Criteria, ExportRejected, judge_classifier, judge_regressor
+from scripts.packaging.acceptance import CRITERIA, Criteria, ExportRejected, judge_classifier, judge_regressor
 
 VERIFY_BATCH = 32
 ONNX_OPSET = 17
@@ -156,7 +156,7 @@ def early_feed_forward(layers: dict[str, int]) -> list[str]:
 def quantize_int8(source: Path, target: Path, keep_fp32: list[str] | None = None, **options) -> None:
     """Dynamic int8 quantization: per-channel 7-bit weights, activations quantized per batch at run time.
 
-    Measured on the shipped sentiment model (README, "int8: what moves the answers"; ``scripts.int8_recipes``):
+    Measured on the shipped sentiment model (README, "int8: what moves the answers"; ``maas bench int8``):
     per-channel scales (per-tensor moved 5% of labels); ``reduce_range`` (7-bit weights) so that CPUs without
     AVX-512 VNNI, whose u8 x s8 instruction saturates 16-bit sums, compute the same integers as CPUs with it; and
     the feed-forward blocks of the first half of the encoder kept in fp32 (``keep_fp32``, by default): their
@@ -180,7 +180,8 @@ def quantize_int8(source: Path, target: Path, keep_fp32: list[str] | None = None
 
 # ---- verification ----------------------------------------------------------------------------------------
 def verify(reference: Pipeline, candidate: Pipeline, rows: list, targets: list, criteria: Criteria) -> dict:
-    """Run both pipelines on the same rows and judge the export (``scripts.acceptance``); raise ``ExportRejected``."""
+    """Run both pipelines on the same rows and judge the export (``scripts.packaging.acceptance``); raise
+    ``ExportRejected``."""
     features = [reference.preprocess(row) for row in rows]
     deviations = np.zeros(len(rows))
 

@@ -26,7 +26,7 @@ from typing import Any
 from handlers.artifact import read_manifest
 from handlers.pipeline import Pipeline
 from handlers.tasks import pipeline_class
-from scripts.standins import FakeContext, install_fake_pb_utils
+from scripts.serving.standins import FakeContext, install_fake_pb_utils
 
 
 def torchserve_side(artifact: Path, bodies: list[Any]) -> list[tuple[int, Any]]:

@@ -1,16 +1,19 @@
 """Compare model formats (eager, TorchScript, ONNX, ONNX int8) per model: size, accuracy, speed in process and served.
 
-    .venv/bin/python -m scripts.benchmark_formats [--models sentiment,digits,breast_cancer]
+    .venv/bin/python -m scripts.benchmarking.benchmark_formats [--models sentiment,digits,breast_cancer]
         [--formats eager,torchscript,onnx,onnx_int8] [--duration 3] [--warmup 1] [--no-served] [--out reports/]
 
 Per model and format:
 
-1. the export (``scripts.export.export``, reused when current; a rejected export is recorded with its reason and
+1. the export (``scripts.packaging.export.export``, reused when current; a rejected export is recorded with its
+   reason and
    the format skipped), its model file's size, and the held-out metric eager -> export from its verification;
-2. in process: ``handle_tensors`` with 1 and 32 one-item requests per call (``scripts.benchmark.measure_in_process``);
+2. in process: ``handle_tensors`` with 1 and 32 one-item requests per call
+   (``scripts.benchmarking.benchmark.measure_in_process``);
 3. served: every format of every model built as ``<model>_<format>`` into one temporary root, ONE TorchServe and
-   ONE tritonserver started on free loopback ports (``scripts.benchmark.Servers``), then per format a closed loop
-   (``scripts.loadgen``) at concurrency 1 (p50 latency) and 16 (throughput) on Triton gRPC and TorchServe REST.
+   ONE tritonserver started on free loopback ports (``scripts.benchmarking.benchmark.Servers``), then per format a
+   closed loop (``scripts.benchmarking.loadgen``) at concurrency 1 (p50 latency) and 16 (throughput) on Triton gRPC
+   and TorchServe REST.
 
 Writes ``formats.json`` and ``formats.md`` (table, and per task the suggested format: the fastest by Triton gRPC
 throughput at c=16 whose held-out metric stays within one point of eager) to ``--out``, and prints the table.
@@ -36,7 +39,7 @@ import numpy as np
 from handlers.artifact import HELD_OUT_NAME, read_held_out, read_manifest
 from handlers.formats import FORMATS
 from scripts import ARTIFACTS_DIR, REPO_ROOT
-from scripts.benchmark import (
+from scripts.benchmarking.benchmark import (
     SERIES_BY_KEY,
     WORKLOADS,
     ModelUnderTest,
@@ -52,9 +55,9 @@ from scripts.benchmark import (
     table,
     warm_torchserve,
 )
-from scripts.build import build
-from scripts.export import ExportRejected, export, is_current
-from scripts.loadgen import Workload
+from scripts.benchmarking.loadgen import Workload
+from scripts.packaging.build import build
+from scripts.packaging.export import ExportRejected, export, is_current
 
 DEFAULT_MODELS = ("sentiment", "digits", "breast_cancer")
 IN_PROCESS_BATCHES = (1, 32)
@@ -214,7 +217,7 @@ def run(args) -> dict:
     models = [model_under_test(name) for name in args.models]
     result = {
         "meta": {
-            **run_meta("scripts.benchmark_formats", args),
+            **run_meta("scripts.benchmarking.benchmark_formats", args),
             "formats": list(args.formats),
             "in_process_seconds": args.in_process_seconds,
             "served": args.served,

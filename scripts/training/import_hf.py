@@ -31,9 +31,9 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
-from scripts.text_data import DataError, read_labelled_texts  # noqa: E402
-from scripts.train_text import text_manifest  # noqa: E402
-from scripts.training import write_artifact  # noqa: E402
+from scripts.training.common import write_artifact  # noqa: E402
+from scripts.training.text_data import DataError, read_labelled_texts  # noqa: E402
+from scripts.training.train_text import text_manifest  # noqa: E402
 
 PLACEHOLDER = re.compile(r"LABEL_\d+")
 # Rows recorded when the user gives no held-out file: varied length and tone, so exports are checked at several

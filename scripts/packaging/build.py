@@ -1,11 +1,11 @@
 """Package trained artifacts for both servers.
 
-    .venv/bin/python -m scripts.build artifacts/digits [artifacts/...] [--format eager|torchscript|onnx|onnx_int8] \
+    maas build artifacts/digits [artifacts/...] [--format eager|torchscript|onnx|onnx_int8] \
         [--model-store model_store] [--triton-repository model_repository] [--only torchserve|triton]
 
 Each artifact becomes ``<model_store>/<name>.mar`` and ``<triton_repository>/<name>/``. The artifact's
 checksums are verified first, so a corrupted artifact is never packaged. ``--format`` packages a verified export
-(``scripts/export.py``, written once to ``<artifact>.<format>/`` and reused); without it each task gets the
+(``scripts/packaging/export.py``, written once to ``<artifact>.<format>/`` and reused); without it each task gets the
 format measured best for it (``DEFAULT_FORMATS``, from the README's format table).
 """
 
@@ -23,12 +23,12 @@ from tqdm import tqdm
 from handlers.artifact import Manifest, read_manifest
 from handlers.formats import FORMATS
 from scripts import MODEL_STORE, TRITON_REPOSITORY
-from scripts.export import ExportRejected, export
-from scripts.torchserve_archive import build_mar
-from scripts.triton_ensemble import BACKENDS, build_triton_ensemble
-from scripts.triton_repository import build_triton_model
+from scripts.packaging.export import ExportRejected, export
+from scripts.packaging.torchserve_archive import build_mar
+from scripts.packaging.triton_ensemble import BACKENDS, build_triton_ensemble
+from scripts.packaging.triton_repository import build_triton_model
 
-# Set by measurement (reports/formats.md, scripts.benchmark_formats): per task, the format with the most served
+# Set by measurement (reports/formats.md, maas bench formats): per task, the format with the most served
 # throughput whose held-out accuracy stays within one point of eager. Regressors: not measured, so eager.
 DEFAULT_FORMATS = {
     "image_classification": "onnx",
@@ -60,7 +60,8 @@ def build(
     ``serving`` overrides the manifest's serving settings for these builds only (batch size, batch delay): the
     benchmark's naive baseline is the same artifact built with ``{"max_batch_size": 1}``. ``fmt`` picks the model
     format (default: the task's entry in ``DEFAULT_FORMATS``); an artifact that already is an export is built as is.
-    ``triton_ensemble`` (a backend of ``scripts.triton_ensemble.BACKENDS``) writes an ensemble with the network on
+    ``triton_ensemble`` (a backend of ``scripts.packaging.triton_ensemble.BACKENDS``) writes an ensemble with the
+    network on
     that backend instead of one Python model.
     """
     manifest = read_manifest(artifact_dir)

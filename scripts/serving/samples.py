@@ -1,6 +1,6 @@
 """Send sample requests to the running servers and print the answers (the Quick start's last step).
 
-    .venv/bin/python -m scripts.samples [--torchserve http://127.0.0.1:8080] [--triton-http 127.0.0.1:8000]
+    .venv/bin/python -m scripts.serving.samples [--torchserve http://127.0.0.1:8080] [--triton-http 127.0.0.1:8000]
 
 TorchServe's inference key is read from ``key_file.json`` in the repository root, where the Quick start runs it.
 """
@@ -18,8 +18,8 @@ import tritonclient.http as triton_http
 from PIL import Image
 
 from scripts import REPO_ROOT
-from scripts.servers import bearer, read_inference_key
-from scripts.train_digits import PIXEL_MAX, digits_split
+from scripts.serving.servers import bearer, read_inference_key
+from scripts.training.train_digits import PIXEL_MAX, digits_split
 
 SENTENCE = "A gorgeous, witty and deeply moving film; the best I have seen this year."
 

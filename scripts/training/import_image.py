@@ -32,8 +32,8 @@ from PIL import Image
 from handlers.artifact import Manifest, write_held_out
 from handlers.formats import FILES
 from handlers.tasks import load_pipeline
-from scripts.import_hf import ImportRefused
-from scripts.training import write_artifact
+from scripts.training.common import write_artifact
+from scripts.training.import_hf import ImportRefused
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

@@ -1,7 +1,7 @@
 """Write a Triton ensemble for an artifact: Python pre/postprocessing around a network on a native backend.
 
     <repository>/<name>/               ensemble: the task's own inputs and outputs (the same contract as the
-                                       single Python model of scripts/triton_repository.py)
+                                       single Python model of scripts/packaging/triton_repository.py)
     <repository>/<name>_preprocess/    Python: request -> the network's input tensors (handlers/triton_stages.py)
     <repository>/<name>_network/       onnxruntime_onnx (model.onnx), pytorch_libtorch (model.pt), or python
     <repository>/<name>_postprocess/   Python: the network's output -> LABEL / PROBABILITY / ... or VALUE
@@ -25,8 +25,8 @@ from handlers.artifact import Manifest, read_held_out
 from handlers.formats import OUTPUT_NAME
 from handlers.pipeline import TensorSpec
 from handlers.tasks import load_pipeline, pipeline_class
-from scripts.packaging import copy_runtime, entry_point_source
-from scripts.triton_repository import add_dynamic_batching, tensor_message
+from scripts.packaging.runtime import copy_runtime, entry_point_source
+from scripts.packaging.triton_repository import add_dynamic_batching, tensor_message
 
 # backend -> (Triton platform/backend, the artifact formats it runs, the network's output name there)
 BACKENDS = {

@@ -26,9 +26,9 @@ from handlers.artifact import Manifest, write_held_out
 from handlers.errors import ServingError
 from handlers.nets import build_module
 from handlers.tasks.image import ImageClassifier
-from scripts.import_image import IMAGE_SUFFIXES
-from scripts.text_data import DataError
-from scripts.training import fit, predict_logits, seed_everything, write_artifact
+from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
+from scripts.training.import_image import IMAGE_SUFFIXES
+from scripts.training.text_data import DataError
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 

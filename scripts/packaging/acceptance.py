@@ -1,6 +1,6 @@
 """When does an export answer like the model it came from? Criteria that account for sample size and noise.
 
-An export is compared with the eager model on the same held-out rows (``scripts/export.py``). Four checks:
+An export is compared with the eager model on the same held-out rows (``scripts/packaging/export.py``). Four checks:
 
 1. **Every row** is within ``max_deviation`` (largest |export - eager| over a row's class probabilities, or a
    regressor's standardised outputs): a broken export (wrong input order, baked-in shape, dropped layer) moves

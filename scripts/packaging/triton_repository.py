@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from handlers.artifact import Manifest
 from handlers.pipeline import TensorSpec
 from handlers.tasks import pipeline_class
-from scripts.packaging import copy_runtime, entry_point_source
+from scripts.packaging.runtime import copy_runtime, entry_point_source
 
 ENTRY_POINT = entry_point_source(
     "Triton entry point of a maas-handlers model: the adapter lives in this version's handlers package.",

@@ -1,0 +1,1 @@
+"""Benchmarking: served and in-process speed, formats, int8 recipes (reports/)."""

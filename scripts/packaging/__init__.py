@@ -1,0 +1,1 @@
+"""Packaging: exports (verified), TorchServe archives and Triton model repositories."""
