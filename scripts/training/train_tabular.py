@@ -1,12 +1,14 @@
 """Train a tabular classifier or regressor from a CSV file (or a bundled scikit-learn example) into an artifact.
 
-    .venv/bin/python -m scripts.training.train_tabular --csv data.csv --target COLUMN [--task classification|regression]
+    maas train tabular --csv data.csv --target COLUMN [--task classification|regression] [--impute]
         [--model auto|logistic|softmax|mlp|linear] [--out artifacts/NAME] [--name NAME] [--epochs 100] [--seed 0]
-    .venv/bin/python -m scripts.training.train_tabular --example breast_cancer|wine|diabetes
+    maas train tabular --example breast_cancer|wine|diabetes
 
-Every column but the target is a feature and must be numeric: whole numbers ("int"), other numbers ("float") or
-true/false ("bool"). A text column or an empty cell is refused with its name: encode or fill it first, so that
-what the server validates is exactly what the model saw. Without ``--task``, a text target, or a whole-number
+Every column but the target is a feature: whole numbers ("int"), other numbers ("float"), true/false ("bool"), or
+text ("category": one-hot encoded with the values seen in the training rows; an unseen value at serving counts as
+none of them). An empty cell is refused with its name unless ``--impute``, which fills it, and a missing feature at
+serving, with the training rows' mean (median for whole numbers, most frequent value otherwise), recorded in the
+manifest so serving does the same. Without ``--task``, a text target, or a whole-number
 one with at most 10 distinct values, means classification. ``auto`` picks logistic regression for two classes,
 softmax regression for more, and a feed-forward network (``mlp``) for regression.
 
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +65,14 @@ class Table:
     y: np.ndarray  # class index (int64) or value (float64) per row
     target: str
     labels: list[str] | None = None  # class names, indexed by y
+    categories: dict[str, list[str]] = field(default_factory=dict)  # text features: x holds codes into these
+    impute: bool = False  # missing cells (NaN in x) are allowed and imputed with training statistics
 
 
 # ---- reading tables -------------------------------------------------------------------------------------
-def load_csv(path: Path, target: str, task: str | None = None, name: str | None = None) -> Table:
-    """Read a CSV with a header row; refuse text features, empty cells and an absent target, naming them."""
+def load_csv(path: Path, target: str, task: str | None = None, name: str | None = None, impute: bool = False) -> Table:
+    """Read a CSV with a header row. Text columns become category features; an empty cell is refused (naming it)
+    unless ``impute``; an absent or empty target is always refused."""
     path = Path(path)
     with open(path, newline="") as f:
         reader = csv.reader(f)
@@ -81,18 +87,20 @@ def load_csv(path: Path, target: str, task: str | None = None, name: str | None 
         if len(row) != len(header):
             raise SystemExit(f"{path}:{line}: {len(row)} cells, expected {len(header)}")
         for h, cell in zip(header, row, strict=True):
-            if not cell.strip():
-                raise SystemExit(f"{path}:{line}: column {h!r} is empty; fill or drop missing values first")
-            columns[h].append(cell.strip())
+            if not cell.strip() and (h == target or not impute):
+                hint = "" if h == target else ", or train with --impute"
+                raise SystemExit(f"{path}:{line}: column {h!r} is empty; fill or drop missing values first{hint}")
+            columns[h].append(cell.strip() or None)
     features = [h for h in header if h != target]
-    types = {h: _column_type(columns[h]) for h in features}
-    text = [h for h in features if types[h] is None]
-    if text:
-        examples = ", ".join(f"{h!r} (e.g. {columns[h][0]!r})" for h in text[:5])
-        raise SystemExit(f"{path}: non-numeric feature columns: {examples}; encode them as numbers first")
-    x = np.array([[_number(v) for v in columns[h]] for h in features], dtype=np.float64).T
+    types = {h: _column_type([v for v in columns[h] if v is not None]) or "category" for h in features}
+    empty = [h for h in features if all(v is None for v in columns[h])]
+    if empty:
+        raise SystemExit(f"{path}: column {empty[0]!r} has no values")
+    categories = {h: sorted({v for v in columns[h] if v is not None}) for h in features if types[h] == "category"}
+    x = np.array([[_cell(v, categories.get(h)) for v in columns[h]] for h in features], dtype=np.float64).T
     task = task or _infer_task(columns[target])
-    print(f"{path}: {len(rows)} rows, {len(features)} features, target {target!r} -> {task}")
+    print(f"{path}: {len(rows)} rows, {len(features)} features ({len(categories)} categorical), target {target!r} "
+          f"-> {task}")  # fmt: skip
     values, labels = columns[target], None
     if task == "regression":
         if _column_type(values) not in ("int", "float"):
@@ -102,7 +110,13 @@ def load_csv(path: Path, target: str, task: str | None = None, name: str | None 
         labels = sorted(set(values), key=_label_order(values))
         y = np.array([labels.index(v) for v in values], dtype=np.int64)
     name = name or _model_name(path.stem)
-    return Table(name, task, features, [types[h] for h in features], x, y, target, labels)
+    return Table(name, task, features, [types[h] for h in features], x, y, target, labels, categories, impute)
+
+
+def _cell(value: str | None, categories: list[str] | None) -> float:
+    if value is None:
+        return math.nan
+    return float(categories.index(value)) if categories is not None else _number(value)
 
 
 def load_example(name: str) -> Table:
@@ -156,8 +170,52 @@ def split_table(table: Table, seed: int = 0, test_size: float = 0.2):
     return train_test_split(table.x, table.y, test_size=test_size, random_state=seed, stratify=stratify)
 
 
-def model_spec(table: Table, model: str = "auto") -> tuple[str, dict]:
-    """``(model family, {"architecture", "config"})`` for ``nets.build_module``."""
+def learn_features(table: Table, x_train: np.ndarray, x_test: np.ndarray):
+    """The feature schema, learned on the training rows only: standardisation statistics, each category feature's
+    vocabulary (the test rows' codes are remapped to it; a category only they have becomes -1, unknown), and with
+    ``table.impute`` the value a missing cell takes (mean, median for whole numbers, most frequent otherwise)."""
+    x_train, x_test, features = x_train.copy(), x_test.copy(), []
+    for j, (name, kind) in enumerate(zip(table.features, table.types, strict=True)):
+        present = x_train[:, j][~np.isnan(x_train[:, j])]
+        feature = {"name": name, "type": kind}
+        if kind == "category":
+            codes, counts = np.unique(present.astype(np.int64), return_counts=True)
+            feature["categories"] = [table.categories[name][c] for c in codes]
+            remap = {int(c): k for k, c in enumerate(codes)}
+            for x in (x_train, x_test):
+                x[:, j] = [v if np.isnan(v) else remap.get(int(v), -1) for v in x[:, j]]
+            fill = feature["categories"][int(counts.argmax())]
+        else:
+            std = float(present.std())
+            feature |= {"mean": float(present.mean()), "std": std if std > 0 else 1.0}
+            values, counts = np.unique(present, return_counts=True)
+            fill = {"float": float(present.mean()), "int": float(np.round(np.median(present)))}.get(
+                kind, float(values[counts.argmax()]))  # fmt: skip
+        features.append(feature | ({"impute": fill} if table.impute else {}))
+    return features, x_train, x_test
+
+
+def impute(schema: FeatureSchema, x: np.ndarray) -> np.ndarray:
+    """Missing cells (NaN) -> the schema's imputation values, categories as their index: what serving does."""
+    x = x.copy()
+    for i, value in schema.impute.items():
+        fill = schema.categories[i].index(value) if i in schema.categories else value
+        x[np.isnan(x[:, i]), i] = fill
+    return x
+
+
+def client_rows(schema: FeatureSchema, x: np.ndarray) -> list[list]:
+    """Rows as a client sends them: numbers, category names (an index for one the training rows lacked), null."""
+    return [
+        [None if np.isnan(v) else schema.categories[i][int(v)] if i in schema.categories and v >= 0 else float(v)
+         for i, v in enumerate(row)]
+        for row in x
+    ]  # fmt: skip
+
+
+def model_spec(table: Table, model: str = "auto", n_inputs: int | None = None) -> tuple[str, dict]:
+    """``(model family, {"architecture", "config"})`` for ``nets.build_module``; ``n_inputs``: the encoded
+    width (default: one column per feature)."""
     classes = len(table.labels or [])
     if model == "auto":
         model = "mlp" if table.task == "regression" else "logistic" if classes == 2 else "softmax"
@@ -166,7 +224,7 @@ def model_spec(table: Table, model: str = "auto") -> tuple[str, dict]:
         raise SystemExit(f"--model {model} does not fit {table.task}; choose one of {list(allowed)}")
     if model == "logistic" and classes != 2:
         raise SystemExit(f"logistic regression needs 2 classes, the target has {classes}; use softmax or mlp")
-    n_features, n_outputs = len(table.features), classes if table.task == "classification" else 1
+    n_features, n_outputs = n_inputs or len(table.features), classes if table.task == "classification" else 1
     if model == "logistic":
         return model, {"architecture": "logistic_regression", "config": {"n_features": n_features}}
     hidden = MLP_HIDDEN if model == "mlp" else []
@@ -194,15 +252,12 @@ def train(table: Table, out: Path, model: str = "auto", epochs: int = 100, seed:
 
 def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manifest:
     seed_everything(seed)
-    family, spec = model_spec(table, model)
+    model_spec(table, model)  # a model that does not fit the task is refused before any work
     x_train, x_test, y_train, y_test = split_table(table, seed)
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-    features = [
-        {"name": n, "type": t, "mean": float(m), "std": float(s) if s > 0 else 1.0}
-        for n, t, m, s in zip(table.features, table.types, mean, std, strict=True)
-    ]
+    features, x_train, x_test = learn_features(table, x_train, x_test)
     schema = FeatureSchema(features)
-    xt, xv = (torch.from_numpy(schema.standardise(x)) for x in (x_train, x_test))
+    family, spec = model_spec(table, model, schema.width)
+    xt, xv = (torch.from_numpy(schema.encode(impute(schema, x))) for x in (x_train, x_test))
     classification = table.task == "classification"
     target = {"name": table.target}
     if classification:
@@ -227,7 +282,7 @@ def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manif
     out.mkdir(parents=True, exist_ok=True)
     save_file(network.state_dict(), str(out / "model.safetensors"))
     targets = [table.labels[int(y)] for y in y_test] if classification else [float(y) for y in y_test]
-    write_held_out(out, x_test.tolist(), targets)
+    write_held_out(out, client_rows(schema, x_test), targets)
     serving = {"max_batch_size": 32, "max_rows_per_request": 32}
     manifest = Manifest(
         name=table.name,
@@ -255,13 +310,15 @@ def main(argv: list[str] | None = None) -> Manifest:
     parser.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    impute_help = "allow empty cells: fill them (and missing features at serving) from the training rows"
+    parser.add_argument("--impute", action="store_true", help=impute_help)
     args = parser.parse_args(argv)
     if args.example and (args.target or args.task):
         parser.error("--target and --task go with --csv; an example knows its own")
     if args.csv:
         if not args.target:
             parser.error("--csv needs --target")
-        table = load_csv(args.csv, args.target, args.task, args.name)
+        table = load_csv(args.csv, args.target, args.task, args.name, args.impute)
         model = args.model
     else:
         table = load_example(args.example)

