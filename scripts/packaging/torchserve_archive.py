@@ -49,15 +49,20 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
         config_file.write_text(yaml.safe_dump(torchserve_model_config(manifest)))
         entry = Path(tmp) / f"{ENTRY_MODULE}.py"
         entry.write_text(ENTRY_POINT)
-        generate_model_archive(
-            ModelArchiverConfig(
-                model_name=name,
-                handler=str(entry),
-                version=version,
-                extra_files=str(stage),
-                config_file=str(config_file),
-                export_path=str(model_store),
-                force=True,
-            )
+        config = ModelArchiverConfig(
+            model_name=name,
+            handler=str(entry),
+            version=version,
+            extra_files=str(stage),
+            config_file=str(config_file),
+            export_path=str(model_store),
+            force=True,
         )
+        # The archiver stages its files in <tempfile.gettempdir()>/<model name> and deletes that folder before and
+        # after: an artifact kept at /tmp/<model name> would be deleted. Give it a temp dir of its own.
+        shared, tempfile.tempdir = tempfile.tempdir, tmp
+        try:
+            generate_model_archive(config)
+        finally:
+            tempfile.tempdir = shared
     return model_store / f"{name}.mar"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import zipfile
 
 import pytest
@@ -68,3 +69,12 @@ def test_per_server_settings_and_the_naive_build(digits_artifact, tmp_path):
     assert for_server(manifest, "triton", None).serving["max_batch_delay_ms"] == 2
     assert for_server(manifest, "torchserve", None).serving["max_batch_delay_ms"] == 5
     assert for_server(manifest, "triton", {"max_batch_delay_ms": 3}).serving["max_batch_delay_ms"] == 3
+
+
+def test_an_artifact_named_like_its_model_in_the_temp_dir_survives_the_build(digits_artifact, tmp_path, monkeypatch):
+    """torch-model-archiver stages in <temp dir>/<model name> and deletes it: an artifact kept there must survive."""
+    artifact = shutil.copytree(digits_artifact, tmp_path / "digits")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    build(artifact, model_store=tmp_path / "store", triton_repository=None, fmt="eager")
+    assert (artifact / "pipeline.json").is_file() and (tmp_path / "store" / "digits.mar").is_file()
+    assert tempfile.gettempdir() == str(tmp_path)  # and the temp dir setting is restored
