@@ -162,7 +162,7 @@ class Pipeline(ABC):
 
     def handle_tensors(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | ServingError]:
         """Triton: output tensors, or the error, per request."""
-        requests = [self._parse(self.parse_tensors, tensors) for tensors in inputs]
+        requests = [self._parse(self._parse_tensors, tensors) for tensors in inputs]
         return [
             outcome if isinstance(outcome, ServingError) else self.format_tensors(outcome)
             for outcome in self.run(requests)
@@ -174,7 +174,7 @@ class Pipeline(ABC):
         outcomes = []
         for tensors in inputs:
             try:
-                request = self.parse_tensors(tensors)
+                request = self._parse_tensors(tensors)
                 batch = self.collate(self._preprocess_request(request))
                 outcomes.append({name: batch[name].cpu().numpy() for name in self.MODEL_INPUTS})
             except Exception as exc:
@@ -263,6 +263,12 @@ class Pipeline(ABC):
             results[i] = per_row[offset : offset + len(rows)]
             offset += len(rows)
         return results
+
+    def _parse_tensors(self, tensors: dict[str, np.ndarray]) -> Request:
+        for name, array in tensors.items():  # Triton always adds the batch dim; a direct caller may not
+            if np.ndim(array) == 0:
+                raise InvalidInput(f"the input {name} has no batch dimension")
+        return self.parse_tensors(tensors)
 
     @staticmethod
     def _parse(parse, payload) -> Request | ServingError:

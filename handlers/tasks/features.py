@@ -82,7 +82,7 @@ class FeatureSchema:
         """One row (named object or ordered list/array) -> validated raw float32 vector in schema order."""
         if isinstance(row, dict):
             return self._named(row)
-        if isinstance(row, (list, tuple, np.ndarray)) and np.ndim(row) == 1:
+        if isinstance(row, (list, tuple)) or (isinstance(row, np.ndarray) and row.ndim == 1):
             if len(row) != len(self):
                 raise InvalidInput(f"expected {len(self)} features, got {len(row)}")
             if isinstance(row, np.ndarray) and row.dtype.kind == "f":

@@ -144,7 +144,8 @@ class ImageClassifier(Classifier):
     def _validate_pixels(self, row: Any) -> np.ndarray:
         """Pixel values in the model's own scale (0..pixel_max) -> float32 in [0, 1]."""
         try:
-            pixels = np.asarray(row, dtype=np.float32)
+            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
+                pixels = np.asarray(row, dtype=np.float32)
         except (TypeError, ValueError):
             raise InvalidInput(f"pixels must be a numeric array of shape {list(self.pixel_shape)}") from None
         if pixels.shape != self.pixel_shape:
@@ -157,4 +158,8 @@ class ImageClassifier(Classifier):
 
 
 def _as_bytes(value: Any) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+        return bytes(value)
+    raise InvalidInput(f"IMAGE items must be encoded image bytes, got {type(value).__name__}")
