@@ -168,7 +168,7 @@ class Pipeline(ABC):
             for outcome in self.run(requests)
         ]
 
-    # ---- the stages of a Triton ensemble (scripts/packaging/triton_ensemble.py) ---------------------------------
+    # ---- the stages of a Triton ensemble (scripts/packaging/triton_ensemble.py) -----------------------
     def prepare_tensors(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | ServingError]:
         """Ensemble preprocessing: each request's rows as the network's inputs (``MODEL_INPUTS``), or its error."""
         outcomes = []

@@ -4,9 +4,8 @@ An export's answers depend on the CPU it runs on: ONNX Runtime picks other int8 
 VNNI, and float reductions differ by instruction set. So a check made at build time does not protect what is
 served. Every artifact carries ``self_check.json``: a few held-out rows, the reference answers of the eager model
 (recorded by training or by ``scripts/packaging/export.py``) and the tolerance of its format. ``load_pipeline``
-runs the rows
-as one batch when a server loads the model and refuses to load, naming the largest deviation and the tolerance,
-when the answers drift beyond it. The outcome goes to the server log either way.
+runs the rows as one batch when a server loads the model and refuses to load, naming the largest deviation and the
+tolerance, when the answers drift beyond it. The outcome goes to the server log either way.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
 from pathlib import Path
 
@@ -36,10 +35,12 @@ def pipeline_class(manifest: Manifest, artifact_dir: Path) -> type[Pipeline]:
 
 def artifact_pipeline_class(manifest: Manifest, artifact_dir: Path) -> type[Pipeline]:
     """Import the pipeline file the artifact carries (once per process) and return its class."""
-    path, class_name = artifact_dir / manifest.pipeline["file"], manifest.pipeline["class"]
-    module_name = "maas_pipeline_" + re.sub(
-        r"\W", "_", f"{manifest.name}_{manifest.files.get(manifest.pipeline['file'], '')[:12]}"
-    )
+    file, class_name = manifest.pipeline["file"], manifest.pipeline["class"]
+    path = artifact_dir / file
+    if file not in manifest.files:  # code the checksums do not cover is never imported
+        raise ValueError(f"{path} is not among the artifact's checksummed files")
+    # One module per file version (its checksum), so two artifacts' pipeline files never replace each other.
+    module_name = f"maas_pipeline_{manifest.files[file][:16]}"
     module = sys.modules.get(module_name)
     if module is None:
         spec = importlib.util.spec_from_file_location(module_name, path)

@@ -5,8 +5,8 @@
 
 Each artifact becomes ``<model_store>/<name>.mar`` and ``<triton_repository>/<name>/``. The artifact's
 checksums are verified first, so a corrupted artifact is never packaged. ``--format`` packages a verified export
-(``scripts/packaging/export.py``, written once to ``<artifact>.<format>/`` and reused); without it each task gets the
-format measured best for it (``DEFAULT_FORMATS``, from the README's format table).
+(``scripts/packaging/export.py``, written once to ``<artifact>.<format>/`` and reused); without it each task gets
+the format measured best for it (``DEFAULT_FORMATS``, from the README's format table).
 """
 
 from __future__ import annotations
@@ -61,8 +61,7 @@ def build(
     benchmark's naive baseline is the same artifact built with ``{"max_batch_size": 1}``. ``fmt`` picks the model
     format (default: the task's entry in ``DEFAULT_FORMATS``); an artifact that already is an export is built as is.
     ``triton_ensemble`` (a backend of ``scripts.packaging.triton_ensemble.BACKENDS``) writes an ensemble with the
-    network on
-    that backend instead of one Python model.
+    network on that backend instead of one Python model.
     """
     manifest = read_manifest(artifact_dir)
     if manifest.model.get("format") == "eager":

@@ -4,12 +4,12 @@
 
 Writes ``<artifact>.<format>/`` (by default beside the artifact): the exported network, every other artifact file
 except the eager weights, and a manifest whose ``model`` section records the format, the source weights' SHA-256
-and the verification below. ``scripts.packaging.build --format`` calls this and reuses an export that is still current.
+and the verification below. ``maas build --format`` calls this and reuses an export that is still current.
 
 Verification runs the eager and the exported pipeline on the artifact's held-out examples (``held_out.jsonl``):
 at batch 1 (several lengths, for text) and in batches of 32, so dynamic batch and sequence dims are exercised.
-``scripts/packaging/acceptance.py`` judges the outcome (per-row deviation, its 99th percentile, label agreement and the
-held-out metric, with confidence bounds); a refused export writes nothing. An accepted one carries a self-check
+``scripts/packaging/acceptance.py`` judges the outcome (per-row deviation, its 99th percentile, label agreement and
+the held-out metric, with confidence bounds); a refused export writes nothing. An accepted one carries a self-check
 (``handlers/self_check.py``) that every server runs when it loads the model.
 """
 
@@ -61,7 +61,7 @@ def export(artifact_dir: Path, fmt: str, out: Path | None = None, manifest: Mani
         return out
 
     start = time.perf_counter()
-    eager = load_pipeline(artifact_dir, self_check=False)
+    eager = load_pipeline(artifact_dir, manifest=manifest, self_check=False)  # verified already: no re-hashing
     rows, targets = read_held_out(artifact_dir)
     example = eager.collate([eager.preprocess(row) for row in rows[:2]])
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -71,8 +71,9 @@ def export(artifact_dir: Path, fmt: str, out: Path | None = None, manifest: Mani
         write_network(module, eager.MODEL_INPUTS, example, fmt, staging / FILES[fmt])
         model = {k: v for k, v in manifest.model.items() if k != "verification"}
         model |= {"format": fmt, "file": FILES[fmt], "exported_from": source_sha}
-        write_artifact_manifest(staging, replace(manifest, model=model))
-        candidate = load_pipeline(staging, self_check=False)
+        staged = replace(manifest, model=model)
+        write_artifact_manifest(staging, staged)
+        candidate = load_pipeline(staging, manifest=staged, self_check=False)
         report = verify(eager, candidate, rows, targets, CRITERIA[fmt])
         record_self_check(staging, candidate, rows, CRITERIA[fmt].max_deviation, reference=eager)
         report["export_seconds"] = round(time.perf_counter() - start, 1)

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
+
 from handlers.artifact import read_manifest
-from handlers.pipeline import Pipeline
-from handlers.tasks import pipeline_class
+from scripts.packaging.triton_repository import model_config
 from scripts.serving.standins import FakeContext, install_fake_pb_utils
 
 
@@ -40,17 +42,15 @@ def torchserve_side(artifact: Path, bodies: list[Any]) -> list[tuple[int, Any]]:
     return [(context.statuses.get(i, (200, ""))[0], json.loads(answer)) for i, answer in enumerate(answers)]
 
 
-def triton_side(artifact: Path, bodies: list[Any]) -> tuple[Pipeline, list[Any]]:
+def triton_side(artifact: Path, bodies: list[Any]) -> list[Any]:
     """The Triton model's outcome per body: output tensors, an error, or why the body has no tensor form."""
     pb = install_fake_pb_utils()
     from handlers.triton_model import TritonPythonModel
 
     manifest = read_manifest(artifact)
-    cls = pipeline_class(manifest, artifact)
-    config = {
-        "input": [{"name": spec.name} for spec in cls.input_specs(manifest)],
-        "output": [{"name": spec.name, "data_type": spec.data_type} for spec in cls.output_specs(manifest)],
-    }
+    # The config the build writes, as the server hands it to the model (JSON with the proto's field names).
+    config = MessageToDict(model_config(manifest, artifact, manifest.name, Path(sys.prefix)),
+                           preserving_proto_field_name=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as repository:  # a model directory: <repository>/1/artifact
         (Path(repository) / "1").mkdir()
         (Path(repository) / "1" / "artifact").symlink_to(artifact.resolve())
@@ -66,7 +66,7 @@ def triton_side(artifact: Path, bodies: list[Any]) -> tuple[Pipeline, list[Any]]
         except Exception as exc:  # a body that does not parse has no tensor a client could send
             outcomes.append(f"(no Triton request: the body does not parse: {exc})")
     responses = iter(model.execute(requests) if requests else [])
-    return model.pipeline, [outcome or next(responses) for outcome in outcomes]
+    return [outcome or next(responses) for outcome in outcomes]
 
 
 def describe_triton(response: Any) -> str:
@@ -96,7 +96,7 @@ def read_body(path: Path) -> Any:
 def check(artifact: Path, inputs: list[Path]) -> list[dict]:
     bodies = [read_body(path) for path in inputs]
     torchserve = torchserve_side(artifact, bodies)
-    _, triton = triton_side(artifact, bodies)
+    triton = triton_side(artifact, bodies)
     return [
         {"input": str(path), "torchserve": answer, "triton": describe_triton(response)}
         for path, answer, response in zip(inputs, torchserve, triton, strict=True)

@@ -78,5 +78,5 @@ def write_artifact(out, manifest: Manifest, pipeline: type | None = None) -> Non
         manifest.pipeline = {"file": "pipeline.py", "class": pipeline.__name__}
     write_artifact_manifest(out, manifest)
     rows, _ = read_held_out(out)
-    record_self_check(out, load_pipeline(out, self_check=False), rows, FP32.max_deviation)
+    record_self_check(out, load_pipeline(out, manifest=manifest, self_check=False), rows, FP32.max_deviation)
     write_artifact_manifest(out, manifest)

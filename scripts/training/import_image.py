@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from handlers.artifact import Manifest, write_held_out
+from handlers.artifact import Manifest, write_artifact_manifest, write_held_out
 from handlers.formats import FILES
 from handlers.tasks import load_pipeline
 from scripts.training.common import write_artifact
@@ -120,10 +120,8 @@ def import_image(fmt: str, source: Path, out: Path, labels_file: Path, size: tup
 
 def answer_rows(out: Path, manifest: Manifest, rows: list[bytes]) -> list[str]:
     """The model's labels for the rows, refusing a model that does not take or give what the options say."""
-    from handlers.artifact import write_artifact_manifest
-
     write_artifact_manifest(out, manifest)
-    pipeline = load_pipeline(out, self_check=False)
+    pipeline = load_pipeline(out, manifest=manifest, self_check=False)
     batch = pipeline.collate([pipeline.preprocess(row) for row in rows])
     try:
         logits = pipeline.forward(batch)

@@ -195,15 +195,6 @@ def learn_features(table: Table, x_train: np.ndarray, x_test: np.ndarray):
     return features, x_train, x_test
 
 
-def impute(schema: FeatureSchema, x: np.ndarray) -> np.ndarray:
-    """Missing cells (NaN) -> the schema's imputation values, categories as their index: what serving does."""
-    x = x.copy()
-    for i, value in schema.impute.items():
-        fill = schema.categories[i].index(value) if i in schema.categories else value
-        x[np.isnan(x[:, i]), i] = fill
-    return x
-
-
 def client_rows(schema: FeatureSchema, x: np.ndarray) -> list[list]:
     """Rows as a client sends them: numbers, category names (an index for one the training rows lacked), null."""
     return [
@@ -257,7 +248,9 @@ def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manif
     features, x_train, x_test = learn_features(table, x_train, x_test)
     schema = FeatureSchema(features)
     family, spec = model_spec(table, model, schema.width)
-    xt, xv = (torch.from_numpy(schema.encode(impute(schema, x))) for x in (x_train, x_test))
+    # Through the serving path itself (validation, imputation, category lookup), as clients' rows.
+    xt, xv = (torch.from_numpy(schema.encode(np.stack([schema.row(r) for r in client_rows(schema, x)])))
+              for x in (x_train, x_test))  # fmt: skip
     classification = table.task == "classification"
     target = {"name": table.target}
     if classification:

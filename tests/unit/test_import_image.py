@@ -33,7 +33,7 @@ def test_an_imported_image_model_answers_as_with_its_own_preprocessing(image_imp
     assert pipeline.handle_json([{"pixels": pixels}])[0][0] == 200
 
 
-def test_synthetic_held_out_rows_feed_exports(image_imports, tmp_path):
+def test_synthetic_held_out_rows_are_kept_and_the_file_is_served_as_it_came(image_imports, tmp_path):
     rows, targets = read_held_out(image_imports["torchscript"])
     assert len(rows) == 16 and all(isinstance(row, bytes) for row in rows) and set(targets) <= set(LABELS)
     with pytest.raises(ValueError, match="export from the eager one"):
