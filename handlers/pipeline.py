@@ -17,7 +17,6 @@ request is retried alone so one poisoned request cannot take its neighbours down
 from __future__ import annotations
 
 import json
-import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -32,8 +31,9 @@ import torch
 from handlers.artifact import Manifest
 from handlers.errors import InvalidInput, PayloadTooLarge, ServingError, as_serving_error
 from handlers.formats import load_runner
+from handlers.log_limit import rate_limited
 
-log = logging.getLogger(__name__)
+log = rate_limited(__name__)  # a client can trigger these: a flood must not flood the log
 
 
 @dataclass
@@ -101,6 +101,10 @@ class Pipeline(ABC):
     def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
         """The Triton inputs a client would send for rows parsed from a TorchServe body (``maas check``)."""
         raise NotImplementedError(f"{type(self).__name__} does not say how a client sends its rows to Triton")
+
+    def client_body(self, row: Any) -> Any:
+        """A TorchServe body (JSON-able, or raw bytes) a client would send for one row (the deep health probe)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how a client sends a row to TorchServe")
 
     @classmethod
     @abstractmethod

@@ -7,16 +7,16 @@ artifact under ``artifact/``, so it loads on a stock TorchServe whose Python has
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from ts.metrics.metric_type_enum import MetricTypes
 
+from handlers.log_limit import rate_limited
 from handlers.tasks import load_pipeline
 
-log = logging.getLogger(__name__)
+log = rate_limited(__name__)  # a client can trigger these: a flood must not flood the log
 
 
 class MaasHandler:

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from handlers.log_limit import rate_limited
 from handlers.pipeline import BatchTimings
 from handlers.tasks import load_pipeline
 
-log = logging.getLogger(__name__)
+log = rate_limited(__name__)  # a client can trigger these: a flood must not flood the log
 
 
 class TritonPythonModel:

@@ -7,6 +7,8 @@
     maas build ARTIFACT [...]            package for TorchServe (model_store/) and Triton (model_repository/)
     maas check ARTIFACT --input FILE...  requests through both servers' handlers in process, side by side
     maas serve start|stop torchserve|triton|both
+    maas serve status [--json]           deep health: a real inference per model on each server (a k8s probe)
+    maas soak --requests N --kill-every K   load both servers, kill workers/stubs, count lost and wrong answers
     maas samples                         send sample requests to the running servers
     maas bench serving|formats|int8      the benchmarks (reports/)
 
@@ -33,6 +35,7 @@ COMMANDS = {
     ("check",): "scripts.serving.check",
     ("serve",): "scripts.serving.servers",
     ("samples",): "scripts.serving.samples",
+    ("soak",): "scripts.serving.soak",
     ("bench", "serving"): "scripts.benchmarking.benchmark",
     ("bench", "formats"): "scripts.benchmarking.benchmark_formats",
     ("bench", "int8"): "scripts.benchmarking.int8_recipes",

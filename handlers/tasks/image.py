@@ -78,6 +78,9 @@ class ImageClassifier(Classifier):
             return Request([_as_bytes(v) for v in tensors["IMAGE"].reshape(-1)])
         return Request(list(tensors["PIXELS"]))
 
+    def client_body(self, row: Any) -> Any:
+        return bytes(row) if isinstance(row, (bytes, bytearray)) else {"pixels": np.asarray(row).tolist()}
+
     def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
         if all(isinstance(row, (bytes, bytearray)) for row in rows):
             return {"IMAGE": np.array([bytes(row) for row in rows], dtype=np.object_).reshape(-1, 1)}

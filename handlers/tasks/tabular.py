@@ -65,6 +65,9 @@ class TabularPipeline(Pipeline):
             raise InvalidInput("send the input FEATURES (FP32 [n, n_features], in schema order)")
         return Request(list(tensors["FEATURES"]))
 
+    def client_body(self, row: Any) -> Any:
+        return {"features": row}
+
     def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
         """Raw values in schema order; a row the schema refuses has no tensor form (its error is the answer)."""
         return {"FEATURES": np.stack([self.schema.row(row) for row in rows]).astype(np.float32)}

@@ -39,6 +39,9 @@ class TextInput(Pipeline):
             raise InvalidInput("the input TEXT is required")
         return Request(list(tensors["TEXT"].reshape(-1)))
 
+    def client_body(self, row: Any) -> Any:
+        return {"text": row.decode() if isinstance(row, bytes) else row}
+
     def client_tensors(self, rows: list[Any]) -> dict[str, np.ndarray]:
         texts = [row.encode() if isinstance(row, str) else row for row in rows]
         return {"TEXT": np.array(texts, dtype=np.object_).reshape(-1, 1)}

@@ -56,7 +56,8 @@ from scripts import ARTIFACTS_DIR, REPO_ROOT
 from scripts.benchmarking.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
 from scripts.packaging.build import build, for_server
 from scripts.serving.samples import digit_png, triton_image_input, triton_text_input
-from scripts.serving.servers import TritonPorts, bearer, free_port, start_torchserve, start_triton, stop_process
+from scripts.serving.servers import bearer, free_port, start_torchserve, stop_process
+from scripts.serving.triton_server import TritonPorts, start_triton
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
@@ -341,7 +342,7 @@ class Servers:
             stop_process(self.torchserve.process)
             self.torchserve = None
         if self.triton is not None:
-            stop_process(self.triton, group=False)
+            stop_process(self.triton.process, group=False)
             self.triton = None
 
     def client(self, series: Series, model: str, workload: Workload, concurrency: int):

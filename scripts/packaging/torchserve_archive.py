@@ -17,6 +17,7 @@ from model_archiver.model_packaging import generate_model_archive
 
 from handlers.artifact import Manifest
 from scripts.packaging.runtime import copy_runtime, entry_point_source
+from scripts.serving.probe import write_probe
 
 ENTRY_MODULE = "torchserve_entry"
 ENTRY_POINT = entry_point_source(
@@ -45,6 +46,7 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
     with tempfile.TemporaryDirectory(prefix=f"mar-{name}-") as tmp:
         stage = Path(tmp) / "stage"
         copy_runtime(artifact_dir, stage)
+        write_probe(artifact_dir, manifest, stage)
         config_file = Path(tmp) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(torchserve_model_config(manifest)))
         entry = Path(tmp) / f"{ENTRY_MODULE}.py"

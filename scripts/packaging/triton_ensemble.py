@@ -27,6 +27,7 @@ from handlers.pipeline import TensorSpec
 from handlers.tasks import load_pipeline, pipeline_class
 from scripts.packaging.runtime import copy_runtime, entry_point_source
 from scripts.packaging.triton_repository import add_dynamic_batching, tensor_message
+from scripts.serving.probe import write_probe
 
 # backend -> (Triton platform/backend, the artifact formats it runs, the network's output name there)
 BACKENDS = {
@@ -134,5 +135,7 @@ def build_triton_ensemble(
         elif config.platform != "ensemble":  # the native backend's model file, under the name it expects
             suffix = ".pt" if config.platform == "pytorch_libtorch" else ".onnx"
             shutil.copyfile(Path(artifact_dir) / model_file, version_dir / f"model{suffix}")
+        else:  # the ensemble clients call: the one the deep health check probes
+            write_probe(artifact_dir, manifest, version_dir)
         (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return repository / name

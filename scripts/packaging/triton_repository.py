@@ -21,6 +21,7 @@ from handlers.artifact import Manifest
 from handlers.pipeline import TensorSpec
 from handlers.tasks import pipeline_class
 from scripts.packaging.runtime import copy_runtime, entry_point_source
+from scripts.serving.probe import write_probe
 
 ENTRY_POINT = entry_point_source(
     "Triton entry point of a maas-handlers model: the adapter lives in this version's handlers package.",
@@ -72,6 +73,7 @@ def build_triton_model(
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True)
     copy_runtime(artifact_dir, version_dir)
+    write_probe(artifact_dir, manifest, version_dir)
     (version_dir / "model.py").write_text(ENTRY_POINT)
     config = model_config(manifest, artifact_dir, name, python_env, instances)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m scripts.serving.samples [--torchserve http://127.0.0.1:8080] [--triton-http 127.0.0.1:8000]
 
-TorchServe's inference key is read from ``key_file.json`` in the repository root, where the Quick start runs it.
+TorchServe's inference key is read from ``key_file.json`` in the repository root, where the Quick start runs it;
+Triton's access key (needed only with ``maas serve start --protect-inference``) from ``run/triton_key.json``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import argparse
 import io
 import json
 
-import httpx
 import numpy as np
-import tritonclient.grpc as triton_grpc
-import tritonclient.http as triton_http
 from PIL import Image
 
 from scripts import REPO_ROOT
-from scripts.serving.servers import bearer, read_inference_key
+from scripts.serving.client import TorchServeClient, TritonClient
+from scripts.serving.servers import read_inference_key, read_triton_key
 from scripts.training.train_digits import PIXEL_MAX, digits_split
 
 SENTENCE = "A gorgeous, witty and deeply moving film; the best I have seen this year."
@@ -61,21 +60,25 @@ def main(argv: list[str] | None = None) -> None:
     (REPO_ROOT / "artifacts" / "sample_digit.png").write_bytes(png)  # for the curl example the Quick start prints
     print(f"sample: a held-out handwritten digit (true label {y_test[0]}), sent as a {len(png)}-byte 32x32 PNG\n")
 
-    headers = bearer(read_inference_key(REPO_ROOT))
-    response = httpx.post(f"{args.torchserve}/predictions/digits", content=png, headers=headers)
+    # The retrying clients (scripts/serving/client.py): a worker restart or a stub reload costs a retry, not an error.
+    torchserve = TorchServeClient(args.torchserve, read_inference_key(REPO_ROOT))
+    headers = read_triton_key().inference_headers()
+    triton = {
+        "HTTP": TritonClient(args.triton_http, "http", headers),
+        "gRPC": TritonClient(args.triton_grpc, "grpc", headers),
+    }
+    image = {"IMAGE": np.array([[png]], dtype=np.object_)}
+    response = torchserve.predict("digits", content=png)
     print(f"TorchServe REST  -> HTTP {response.status_code} {json.dumps(response.json())}")
-
-    triton_clients = (("HTTP", triton_http, args.triton_http), ("gRPC", triton_grpc, args.triton_grpc))
-    for name, module, url in triton_clients:
-        result = module.InferenceServerClient(url).infer("digits", [triton_image_input(module, [png])])
-        print(f"Triton {name:<9} -> {describe(result)}")
+    for name, client in triton.items():
+        print(f"Triton {name:<9} -> {describe(client.infer('digits', image))}")
 
     print(f'\nsample: the sentence "{SENTENCE}"\n')
-    response = httpx.post(f"{args.torchserve}/predictions/sentiment", json={"text": SENTENCE}, headers=headers)
+    response = torchserve.predict("sentiment", json={"text": SENTENCE})
     print(f"TorchServe REST  -> HTTP {response.status_code} {json.dumps(response.json())}")
-    for name, module, url in triton_clients:
-        result = module.InferenceServerClient(url).infer("sentiment", [triton_text_input(module, [SENTENCE])])
-        print(f"Triton {name:<9} -> {describe(result)}")
+    text = {"TEXT": np.array([[SENTENCE.encode()]], dtype=np.object_)}
+    for name, client in triton.items():
+        print(f"Triton {name:<9} -> {describe(client.infer('sentiment', text))}")
 
 
 def describe(result) -> str:

@@ -2,10 +2,13 @@
 
     maas serve start [torchserve|triton|both] [--repository model_repository] [--http-port 8000] ...
     maas serve stop [torchserve|triton|both]
+    maas serve status [torchserve|triton|both] [--json]   deep health: a real inference per model (health.py)
     (the same as .venv/bin/python -m scripts.serving.servers start|stop ...)
 
 ``start torchserve`` runs ``torchserve --start --ncs --model-store model_store --ts-config config.properties``;
-``stop torchserve`` runs ``torchserve --stop``. The default is both servers.
+``stop torchserve`` runs ``torchserve --stop``. ``start triton`` runs tritonserver under its supervisor
+(``triton_server.py``: self-healing, rotating log, admin APIs behind a key in run/triton_key.json); add
+``--protect-inference`` to put inference behind that key too. The default is both servers.
 
 The command-line ones serve ``model_store/`` and ``model_repository/`` on the default ports from the repository
 root (TorchServe writes key_file.json and logs/ there). Tests call ``start_torchserve`` / ``start_triton`` to run
@@ -18,22 +21,23 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from scripts import REPO_ROOT, TRITON_REPOSITORY
+from scripts.serving.triton_server import TritonAccess, TritonPorts, start_triton
 
 RUN_DIR = REPO_ROOT / "run"
 LOG_DIR = REPO_ROOT / "logs"
 TRITON_PID_FILE = RUN_DIR / "triton.pid"
+TRITON_KEY_FILE = RUN_DIR / "triton_key.json"
+LOG4J_CONFIG = REPO_ROOT / "log4j2.xml"  # TorchServe's logging: no line per request, files capped and rolled
 
 
 def free_port() -> int:
@@ -98,72 +102,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# ---- Triton ----------------------------------------------------------------------------------------------
-def triton_home() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).parent / "tritonserver"
-
-
-def triton_backends() -> Path:
-    """A backend directory holding the Python backend with its stub (the wheel ships the stub apart)."""
-    python_dir = REPO_ROOT / ".triton" / "backends" / "python"
-    stub = python_dir / "triton_python_backend_stub"
-    if not stub.exists():
-        shutil.copytree(triton_home() / "backends" / "python", python_dir, dirs_exist_ok=True)
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        shutil.copy2(triton_home() / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
-    return python_dir.parent
-
-
-def libpython_dir() -> Path | None:
-    """Where this interpreter's shared libpython lies, if it has one.
-
-    The Python backend's stub links ``libpython3.11.so.1.0`` and loads the standard library of the environment it
-    runs in (EXECUTION_ENV_PATH). Put first on the library path, this interpreter's libpython keeps both from the same
-    Python build; otherwise the system's libpython is used and C extension modules of another 3.11 patch release
-    can fail to load (seen here: ``_ssl``: undefined symbol ``_PyModule_Add`` when transformers imports ssl).
-    """
-    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
-    return Path(libdir) if libdir and soname and (Path(libdir) / soname).exists() else None
-
-
-@dataclass
-class TritonPorts:
-    http: int = 8000
-    grpc: int = 8001
-    metrics: int = 8002
-
-
-def start_triton(repository: Path, ports: TritonPorts, log_file: Path, timeout: float = 120) -> subprocess.Popen:
-    """Start tritonserver on loopback and wait until every model is ready."""
-    env = dict(os.environ)
-    libs = [Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs", libpython_dir()]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(str(p) for p in [*libs, env.get("LD_LIBRARY_PATH")] if p)
-    command = [
-        str(triton_home() / "bin" / "tritonserver"),
-        f"--model-repository={repository}",
-        f"--backend-directory={triton_backends()}",
-        "--http-address=127.0.0.1", f"--http-port={ports.http}",
-        "--grpc-address=127.0.0.1", f"--grpc-port={ports.grpc}",
-        "--metrics-address=127.0.0.1", f"--metrics-port={ports.metrics}",
-        "--strict-readiness=true",
-        "--exit-on-error=true",
-    ]  # fmt: skip
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
-        # cwd: the repository, so no checkout of this project on the stub's sys.path can shadow a model's own code.
-        process = subprocess.Popen(
-            command, cwd=repository, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        wait_ready(f"http://127.0.0.1:{ports.http}/v2/health/ready", process, timeout, log_file)
-    except Exception:
-        stop_process(process, group=False)
-        raise
-    return process
-
-
 # ---- TorchServe ------------------------------------------------------------------------------------------
 @dataclass
 class TorchServeInstance:
@@ -172,6 +110,7 @@ class TorchServeInstance:
     grpc_port: int
     metrics_url: str
     workdir: Path
+    management_url: str
 
     @property
     def inference_key(self) -> str:
@@ -227,6 +166,7 @@ def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str]
         "--start", "--foreground", "--ncs",
         "--model-store", str(model_store),
         "--ts-config", str(config),
+        "--log-config", str(LOG4J_CONFIG),
     ]  # fmt: skip
     log_file = workdir / "torchserve.log"
     with open(log_file, "ab") as log:
@@ -245,6 +185,7 @@ def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str]
         ports["grpc"],
         f"http://127.0.0.1:{ports['metrics']}",
         workdir,
+        f"http://127.0.0.1:{ports['management']}",
     )
 
 
@@ -252,7 +193,7 @@ def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str]
 def start_torchserve_cli() -> None:
     started = time.perf_counter()
     command = [*torchserve_command(), "--start", "--ncs", "--model-store", "model_store", "--ts-config",
-               "config.properties"]  # fmt: skip
+               "config.properties", "--log-config", str(LOG4J_CONFIG)]  # fmt: skip
     (REPO_ROOT / "key_file.json").unlink(missing_ok=True)  # a stale key would only delay the readiness probe
     # Its console output duplicates logs/ (rotated by log4j) and can grow without bound: drop it.
     subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -262,15 +203,22 @@ def start_torchserve_cli() -> None:
           f"gRPC 127.0.0.1:7070, inference key in {REPO_ROOT / 'key_file.json'}, logs in {LOG_DIR}")  # fmt: skip
 
 
-def start_triton_cli(repository: Path, ports: TritonPorts) -> None:
+def start_triton_cli(repository: Path, ports: TritonPorts, protect_inference: bool) -> None:
     if TRITON_PID_FILE.exists() and _alive(int(TRITON_PID_FILE.read_text())):
         sys.exit(f"tritonserver already runs (pid {TRITON_PID_FILE.read_text().strip()}); stop it first")
     started = time.perf_counter()
-    process = start_triton(repository.resolve(), ports, LOG_DIR / "triton.log")
+    triton = start_triton(repository.resolve(), ports, LOG_DIR / "triton.log", protect_inference=protect_inference,
+                          key_file=TRITON_KEY_FILE)  # fmt: skip
     RUN_DIR.mkdir(exist_ok=True)
-    TRITON_PID_FILE.write_text(str(process.pid))
-    print(f"tritonserver ready in {time.perf_counter() - started:.1f}s (pid {process.pid}); "
-          f"HTTP 127.0.0.1:{ports.http}, gRPC 127.0.0.1:{ports.grpc}, log {LOG_DIR / 'triton.log'}")  # fmt: skip
+    TRITON_PID_FILE.write_text(str(triton.process.pid))
+    print(f"tritonserver ready in {time.perf_counter() - started:.1f}s (supervisor pid {triton.process.pid}); "
+          f"HTTP 127.0.0.1:{ports.http}, gRPC 127.0.0.1:{ports.grpc}, log {LOG_DIR / 'triton.log'}, "
+          f"access key in {TRITON_KEY_FILE}")  # fmt: skip
+
+
+def read_triton_key(path: Path = TRITON_KEY_FILE) -> TritonAccess:
+    """The key of the tritonserver started here (an empty one, opening nothing, when none was)."""
+    return TritonAccess.read(path) or TritonAccess(key="", protect_inference=False)
 
 
 def stop_triton_cli() -> None:
@@ -279,6 +227,7 @@ def stop_triton_cli() -> None:
         return
     stop_process(int(TRITON_PID_FILE.read_text()), group=False)
     TRITON_PID_FILE.unlink()
+    TRITON_KEY_FILE.unlink(missing_ok=True)
     print("tritonserver stopped")
 
 
@@ -286,25 +235,34 @@ def torchserve_command() -> list[str]:
     return [str(Path(sys.executable).parent / "torchserve")]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("server", nargs="?", default="both", choices=["torchserve", "triton", "both"])
     parser.add_argument("--repository", type=Path, default=TRITON_REPOSITORY, help="Triton model repository")
     parser.add_argument("--http-port", type=int, default=8000, help="Triton HTTP port")
     parser.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port")
     parser.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics port")
-    args = parser.parse_args(argv)
+    parser.add_argument("--protect-inference", action="store_true", help="Triton inference needs the key too")
+    args, rest = parser.parse_known_args(argv)
+    if args.action == "status":
+        from scripts.serving.health import main as status
+
+        return status([args.server, *rest])
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     servers = ["torchserve", "triton"] if args.server == "both" else [args.server]
     for server in servers:
         if args.action == "start" and server == "torchserve":
             start_torchserve_cli()
         elif args.action == "start":
-            start_triton_cli(args.repository, TritonPorts(args.http_port, args.grpc_port, args.metrics_port))
+            ports = TritonPorts(args.http_port, args.grpc_port, args.metrics_port)
+            start_triton_cli(args.repository, ports, args.protect_inference)
         elif server == "torchserve":
             subprocess.run([*torchserve_command(), "--stop"], cwd=REPO_ROOT, check=False)
         else:
             stop_triton_cli()
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import pytest
 
 from handlers.artifact import read_manifest
 from scripts.packaging.build import build
-from scripts.serving.servers import TritonPorts, free_port, start_torchserve, start_triton, stop_process
+from scripts.serving.servers import free_port, start_torchserve, stop_process
+from scripts.serving.triton_server import TritonInstance, TritonPorts, start_triton
 
 
 def pytest_collection_modifyitems(items):
@@ -71,8 +72,11 @@ def torchserve(built_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def triton(built_models) -> TritonPorts:
+def triton(built_models) -> TritonInstance:
+    """tritonserver under its supervisor (admin APIs behind a key), as ``maas serve start`` runs it, less the
+    health probes: tests count requests (test_faults.py runs a private, probing instance)."""
     ports = TritonPorts(free_port(), free_port(), free_port())
-    process = start_triton(built_models.root / "model_repository", ports, built_models.root / "triton.log")
-    yield ports
-    stop_process(process, group=False)
+    repository = built_models.root / "model_repository"
+    instance = start_triton(repository, ports, built_models.root / "triton.log", heal_interval=0)
+    yield instance
+    stop_process(instance.process, group=False)

@@ -91,7 +91,8 @@ def test_torchserve_corrupt_image_among_concurrent_good_ones(torchserve, pngs, h
 def test_triton_corrupt_image_in_the_same_dynamic_batch(triton, pngs):
     """Concurrent requests are batched by Triton into one execute(); the corrupt one alone gets a 400."""
     url = f"127.0.0.1:{triton.grpc}"
-    stats_before = _triton_counts(url)
+    key = triton.access.admin_headers(grpc=True)
+    stats_before = _triton_counts(url, key)
 
     async def send_all():
         async with triton_grpc_aio.InferenceServerClient(url) as client:
@@ -104,7 +105,8 @@ def test_triton_corrupt_image_in_the_same_dynamic_batch(triton, pngs):
     assert isinstance(error, InferenceServerException) and "could not decode the image" in error.message()
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert all(not isinstance(r, Exception) for r in results[:-1])
-    requests, executions = (after - before for after, before in zip(_triton_counts(url), stats_before, strict=True))
+    after = _triton_counts(url, key)
+    requests, executions = (now - before for now, before in zip(after, stats_before, strict=True))
     assert requests == 16 and executions < requests, "concurrent requests should share executions"
     assert triton_grpc.InferenceServerClient(url).is_model_ready("digits")
 
@@ -115,8 +117,9 @@ def test_triton_http_error_is_a_400_naming_the_problem(triton):
     assert info.value.status() == "400" and "the image is empty" in info.value.message()
 
 
-def _triton_counts(url) -> tuple[int, int]:
-    stats = triton_grpc.InferenceServerClient(url).get_inference_statistics("digits").model_stats[0]
+def _triton_counts(url, headers) -> tuple[int, int]:
+    """Requests and executions so far (the statistics API is behind the access key)."""
+    stats = triton_grpc.InferenceServerClient(url).get_inference_statistics("digits", headers=headers).model_stats[0]
     return stats.inference_stats.success.count + stats.inference_stats.fail.count, stats.execution_count
 
 

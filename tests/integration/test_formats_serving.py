@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import numpy as np
@@ -102,6 +103,16 @@ def test_both_servers_log_the_self_check_at_load(torchserve, triton, built_model
         "torchserve": torchserve.workdir / "logs" / "model_log.log",
     }
     for server, path in logs.items():
-        lines = [line for line in path.read_text(errors="replace").splitlines() if "(onnx_int8) self-check" in line]
+        lines = wait_for_lines(path, "(onnx_int8) self-check")  # TorchServe answers /ping before workers load
         assert any("sentiment (onnx_int8) self-check on 8 held-out rows" in line for line in lines), server
         assert all("passed" in line and "tolerance 0.3" in line for line in lines), (server, lines)
+
+
+def wait_for_lines(path, text: str, timeout: float = 120) -> list[str]:
+    """The log's lines holding ``text``, once there is one (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if text in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)

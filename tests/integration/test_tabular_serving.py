@@ -105,7 +105,7 @@ def test_the_csv_model_answers_named_typed_features_on_both_servers(torchserve, 
     served = post(torchserve, "plants", {"instances": [dict(zip(names, r, strict=True)) for r in rows]})
     assert served.status_code == 200 and [a["label"] for a in served.json()] == ["fern", "moss", "palm"]
     client = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
-    config = client.get_model_config("plants").config
+    config = client.get_model_config("plants", headers=triton.access.admin_headers(grpc=True)).config
     assert json.loads(config.parameters["feature_names"].string_value) == names
     assert json.loads(config.parameters["feature_types"].string_value) == ["float", "int", "bool", "float"]
     tensor = triton_grpc.InferInput("FEATURES", [3, 4], "FP32")
@@ -115,7 +115,8 @@ def test_the_csv_model_answers_named_typed_features_on_both_servers(torchserve, 
 
 
 def test_the_schema_is_readable_from_triton_http(triton, pipelines):
-    config = triton_http.InferenceServerClient(f"127.0.0.1:{triton.http}").get_model_config("breast_cancer")
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{triton.http}")
+    config = client.get_model_config("breast_cancer", headers=triton.access.admin_headers())  # behind the key
     assert json.loads(config["parameters"]["feature_names"]["string_value"]) == pipelines["breast_cancer"].schema.names
     assert config["input"][0]["name"] == "FEATURES" and config["input"][0]["dims"] == [30]
 

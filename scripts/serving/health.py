@@ -1,0 +1,129 @@
+"""Deep health: a real inference per model on each server, not the server's word for it.
+
+    maas serve status [torchserve|triton|both] [--json]      exit 0 when every model answered, 1 otherwise
+
+Each model's probe (``scripts/serving/probe.py``: a held-out row written into the archive and the Triton model at
+build time) is sent to the model, without retries and with a short timeout; the model is healthy only when it
+answers. This sees what the servers' own readiness does not: a killed Triton Python stub leaves
+``/v2/health/ready`` at 200 while every request fails. Use the command as a Kubernetes exec probe (readiness and
+liveness); the Triton supervisor (``scripts/serving/triton_supervisor.py``) runs the same check to heal models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY
+from scripts.serving.probe import torchserve_body, torchserve_probes, triton_inputs, triton_probes
+
+PROBE_TIMEOUT = 5.0
+
+
+@dataclass
+class ModelHealth:
+    server: str
+    model: str
+    ok: bool
+    ms: float
+    detail: str
+
+
+def torchserve_health(url: str, key: str | None, model_store: Path = MODEL_STORE,
+                      timeout: float = PROBE_TIMEOUT) -> list[ModelHealth]:  # fmt: skip
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    results = []
+    with httpx.Client(base_url=url, headers=headers, timeout=timeout) as http:
+        for model, probe in torchserve_probes(model_store).items():
+            start = time.perf_counter()
+            try:
+                if probe is None:
+                    response = http.get("/ping")
+                    ok, detail = response.status_code == 200, f"no probe in the archive: ping {response.status_code}"
+                else:
+                    body, content_type = torchserve_body(probe)
+                    response = http.post(f"/predictions/{model}", content=body, headers={"Content-Type": content_type})
+                    ok, detail = response.status_code == 200, f"HTTP {response.status_code}"
+                    if not ok:
+                        detail += f": {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            results.append(ModelHealth("torchserve", model, ok, _ms(start), detail))
+    return results
+
+
+def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[str, str] | None = None,
+                  timeout: float = PROBE_TIMEOUT) -> list[ModelHealth]:  # fmt: skip
+    """``url``: host:port of Triton's HTTP endpoint; ``headers``: the access key when inference is restricted."""
+    client = triton_http.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+    results = []
+    try:
+        for model, probe in triton_probes(repository).items():
+            start = time.perf_counter()
+            try:
+                if probe is None:
+                    ok = client.is_model_ready(model, headers=headers)
+                    detail = f"no probe in the model directory: model {'ready' if ok else 'not ready'}"
+                else:
+                    client.infer(model, _triton_tensors(probe), headers=headers)
+                    ok, detail = True, "answered"
+            except (InferenceServerException, OSError) as exc:
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            results.append(ModelHealth("triton", model, ok, _ms(start), detail))
+    finally:
+        client.close()
+    return results
+
+
+def _triton_tensors(probe: dict) -> list:
+    tensors = []
+    for name, array in triton_inputs(probe).items():
+        tensor = triton_http.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1e3, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from scripts.serving.servers import read_inference_key, read_triton_key
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("server", nargs="?", default="both", choices=["torchserve", "triton", "both"])
+    parser.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference URL")
+    parser.add_argument("--triton-http", default="127.0.0.1:8000", help="Triton HTTP host:port")
+    parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
+    parser.add_argument("--repository", type=Path, default=TRITON_REPOSITORY)
+    parser.add_argument("--json", action="store_true", help="one JSON object per model")
+    args = parser.parse_args(argv)
+    results = []
+    if args.server in ("torchserve", "both"):
+        try:
+            key = read_inference_key(REPO_ROOT)
+        except (OSError, ValueError, KeyError):
+            key = None  # not started here: every probe fails with the server's own answer
+        results += torchserve_health(args.torchserve, key, args.model_store)
+    if args.server in ("triton", "both"):
+        results += triton_health(args.triton_http, args.repository, read_triton_key().inference_headers())
+    for result in results:
+        if args.json:
+            print(json.dumps(asdict(result)))
+        else:
+            state = "OK  " if result.ok else "DOWN"
+            print(f"{state} {result.server:<10} {result.model:<16} {result.ms:>8.1f} ms  {result.detail}")
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""tritonserver (from the nvidia-pytriton wheel) on loopback, supervised, with its admin APIs behind a key.
+
+``start_triton`` runs ``scripts/serving/triton_supervisor.py``, which starts tritonserver, writes its log with
+rotation and reloads any model whose deep health probe fails (a killed Python stub). tritonserver runs with
+
+* ``--model-control-mode=explicit --load-model=*``: every model in the repository is loaded at start, and the
+  repository API can reload one (the supervisor does, on loopback);
+* ``--http-restricted-api`` / ``--grpc-restricted-protocol``: the model-repository, model-config, shared-memory,
+  statistics, trace and logging APIs (and inference too, with ``protect_inference``) answer only requests that
+  carry the header ``maas-triton-key: <key>`` (gRPC: the metadata ``triton-grpc-protocol-maas-triton-key``).
+  The key is generated at each start and written, readable by its owner only, to the key file; it never leaves
+  the machine. Rotate it by restarting the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scripts import REPO_ROOT
+
+KEY_HEADER = "maas-triton-key"
+GRPC_PREFIX = "triton-grpc-protocol-"  # tritonserver matches gRPC restrictions against metadata named with it
+ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+
+
+@dataclass
+class TritonPorts:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+@dataclass
+class TritonAccess:
+    """The key that opens tritonserver's restricted APIs; ``protect_inference`` puts inference behind it too."""
+
+    key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    protect_inference: bool = False
+
+    @property
+    def apis(self) -> tuple[str, ...]:
+        return (*ADMIN_APIS, "inference") if self.protect_inference else ADMIN_APIS
+
+    def server_flags(self) -> list[str]:
+        rule = f"{','.join(self.apis)}:{KEY_HEADER}={self.key}"
+        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
+    def admin_headers(self, grpc: bool = False) -> dict[str, str]:
+        """The key as an HTTP header, or as gRPC metadata (``grpc``)."""
+        return {f"{GRPC_PREFIX}{KEY_HEADER}" if grpc else KEY_HEADER: self.key}
+
+    def inference_headers(self, grpc: bool = False) -> dict[str, str]:
+        return self.admin_headers(grpc) if self.protect_inference else {}
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        with os.fdopen(descriptor, "w") as file:
+            json.dump({"header": KEY_HEADER, "key": self.key, "protect_inference": self.protect_inference}, file)
+
+    @classmethod
+    def read(cls, path: Path) -> TritonAccess | None:
+        """The key a running server was started with; None when there is no key file (no server started here)."""
+        try:
+            record = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            return None
+        return cls(record["key"], record["protect_inference"])
+
+
+def triton_home() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def triton_backends() -> Path:
+    """A backend directory holding the Python backend with its stub (the wheel ships the stub apart)."""
+    python_dir = REPO_ROOT / ".triton" / "backends" / "python"
+    stub = python_dir / "triton_python_backend_stub"
+    if not stub.exists():
+        shutil.copytree(triton_home() / "backends" / "python", python_dir, dirs_exist_ok=True)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        shutil.copy2(triton_home() / "python_backend_stubs" / version / "triton_python_backend_stub", stub)
+    return python_dir.parent
+
+
+def libpython_dir() -> Path | None:
+    """Where this interpreter's shared libpython lies, if it has one.
+
+    The Python backend's stub links ``libpython3.11.so.1.0`` and loads the standard library of the environment it
+    runs in (EXECUTION_ENV_PATH). Put first on the library path, this interpreter's libpython keeps both from the same
+    Python build; otherwise the system's libpython is used and C extension modules of another 3.11 patch release
+    can fail to load (seen here: ``_ssl``: undefined symbol ``_PyModule_Add`` when transformers imports ssl).
+    """
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    return Path(libdir) if libdir and soname and (Path(libdir) / soname).exists() else None
+
+
+def triton_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    libs = [Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs", libpython_dir()]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(str(p) for p in [*libs, env.get("LD_LIBRARY_PATH")] if p)
+    return env
+
+
+def triton_command(repository: Path, ports: TritonPorts, access: TritonAccess) -> list[str]:
+    return [
+        str(triton_home() / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={triton_backends()}",
+        "--http-address=127.0.0.1", f"--http-port={ports.http}",
+        "--grpc-address=127.0.0.1", f"--grpc-port={ports.grpc}",
+        "--metrics-address=127.0.0.1", f"--metrics-port={ports.metrics}",
+        "--model-control-mode=explicit", "--load-model=*",
+        "--disable-auto-complete-config",  # configs are complete: no extra stub launch per model load
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        *access.server_flags(),
+    ]  # fmt: skip
+
+
+@dataclass
+class TritonInstance:
+    process: subprocess.Popen  # the supervisor; stopping it stops tritonserver
+    ports: TritonPorts
+    access: TritonAccess
+    repository: Path
+
+    # the ports as attributes of the instance: tests and benchmarks say triton.http, triton.grpc
+    http = property(lambda self: self.ports.http)
+    grpc = property(lambda self: self.ports.grpc)
+    metrics = property(lambda self: self.ports.metrics)
+
+
+def start_triton(repository: Path, ports: TritonPorts, log_file: Path, timeout: float = 120,
+                 protect_inference: bool = False, key_file: Path | None = None,
+                 heal_interval: float = 1.0) -> TritonInstance:  # fmt: skip
+    """Start the supervisor and tritonserver under it on loopback; wait until every model is ready.
+
+    The key goes to ``key_file`` (default: ``triton_key.json`` beside the log) before the server starts. The
+    supervisor probes every model each ``heal_interval`` seconds (0: never, for tests that count requests).
+    """
+    from scripts.serving.servers import stop_process, wait_ready
+
+    access = TritonAccess(protect_inference=protect_inference)
+    key_file = key_file or log_file.parent / "triton_key.json"
+    access.write(key_file)
+    command = [
+        sys.executable, "-m", "scripts.serving.triton_supervisor",
+        "--repository", str(Path(repository).resolve()), "--key-file", str(key_file), "--log-file", str(log_file),
+        "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
+        "--interval", str(heal_interval),
+    ]  # fmt: skip
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    supervisor_log = log_file.with_suffix(".supervisor.log")
+    with open(supervisor_log, "ab") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{ports.http}/v2/health/ready", process, timeout, log_file)
+    except Exception:
+        stop_process(process, group=False)
+        raise
+    return TritonInstance(process, ports, access, Path(repository))

@@ -1,0 +1,150 @@
+"""Run tritonserver and keep its models answering: the process ``maas serve start triton`` leaves running.
+
+    python -m scripts.serving.triton_supervisor --repository model_repository --key-file run/triton_key.json \
+        --log-file logs/triton.log [--http-port 8000 --grpc-port 8001 --metrics-port 8002] [--interval 1]
+
+* **Self-healing.** A killed Python-backend stub is a silent outage: tritonserver keeps answering readiness with
+  200 while every request to the model fails ``Stub process ... is not healthy``. Every ``--interval`` seconds the
+  supervisor sends each model its deep health probe (``scripts/serving/health.py``); a model that does not answer
+  is reloaded with fresh instances through the repository API on loopback, with the access key (an ensemble: the
+  models it is made of). Requests that fail meanwhile are retried by ``scripts/serving/client.py``.
+* **Bounded logs.** tritonserver's output goes to ``--log-file``, rotated at 20 MB with 3 old files kept.
+* **Stopping.** SIGTERM or SIGINT stops tritonserver (SIGTERM to it alone: it shuts its stubs down itself) and
+  then the supervisor. When tritonserver exits by itself the supervisor exits with its code, for the container's
+  restart policy to act on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from scripts.serving.health import triton_health
+from scripts.serving.triton_server import TritonAccess, TritonPorts, triton_command, triton_environment
+
+LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
+log = logging.getLogger("maas.triton_supervisor")
+
+
+def pump_log(stream, log_file: Path) -> None:
+    """Copy tritonserver's output into a size-capped, rotating log file."""
+    handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for line in iter(stream.readline, b""):
+        handler.emit(logging.makeLogRecord({"msg": line.decode(errors="replace").rstrip("\n")}))
+    handler.close()
+
+
+def composing_models(repository: Path, model: str) -> list[str]:
+    """An ensemble's steps' models (empty for any other model), to reload with it."""
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((repository / model / "config.pbtxt").read_text(), config)
+    return [step.model_name for step in config.ensemble_scheduling.step]
+
+
+class Healer:
+    """Probe each model; reload one that does not answer."""
+
+    def __init__(self, repository: Path, ports: TritonPorts, access: TritonAccess):
+        self.repository, self.access = repository, access
+        self.url = f"127.0.0.1:{ports.http}"
+        self.admin = httpx.Client(base_url=f"http://{self.url}", headers=access.admin_headers(), timeout=300)
+
+    def check(self) -> None:
+        for result in triton_health(self.url, self.repository, self.access.inference_headers()):
+            if not result.ok:
+                log.warning("%s failed its health probe (%s); reloading it", result.model, result.detail)
+                self.reload(result.model)
+
+    def reload(self, model: str) -> None:
+        """Reload the model (an ensemble: the models it is made of) with fresh instances.
+
+        Loading an unchanged model is a no-op that keeps its dead stub, and so is a touched file or an identical
+        config: Triton re-creates instances only for a changed model config. So the model's own config is sent
+        back with one parameter, ``maas_reload``, changed (when and why), as a config override.
+        """
+        start = time.perf_counter()
+        for name in composing_models(self.repository, model) or [model]:
+            config = self.admin.get(f"/v2/models/{name}/config")
+            if config.status_code == 200:
+                changed = config.json()
+                stamp = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}: the health probe failed"
+                changed.setdefault("parameters", {})["maas_reload"] = {"string_value": stamp}
+                body = {"parameters": {"config": json.dumps(changed)}}
+                config = self.admin.post(f"/v2/repository/models/{name}/load", json=body)
+            if config.status_code != 200:
+                log.error("reloading %s failed: HTTP %d %s", name, config.status_code, config.text[:300])
+                return
+        log.warning("%s reloaded in %.1f s", model, time.perf_counter() - start)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"http://{url}/v2/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_file: Path, interval: float) -> int:
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    server = subprocess.Popen(
+        triton_command(repository, ports, access), cwd=repository, env=triton_environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    # cwd: the repository, so no checkout of this project on the stub's sys.path can shadow a model's own code.
+    pump = threading.Thread(target=pump_log, args=(server.stdout, log_file), daemon=True)
+    pump.start()
+    log.info("tritonserver started (pid %d)", server.pid)
+    healer, serving = Healer(repository, ports, access), False
+    try:
+        while not stopping.wait(interval or 1.0) and server.poll() is None:
+            serving = serving or ready(healer.url)  # models are loading until the server first says ready
+            if serving and interval:
+                healer.check()
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        pump.join(5)
+    log.info("tritonserver exited with %s", server.returncode)
+    return 0 if stopping.is_set() else server.returncode or 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--key-file", type=Path, required=True, help="written by start_triton (TritonAccess)")
+    parser.add_argument("--log-file", type=Path, required=True)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between health probes (0: none)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe otherwise
+    access = TritonAccess.read(args.key_file)
+    if access is None:
+        sys.exit(f"no key file {args.key_file}")
+    ports = TritonPorts(args.http_port, args.grpc_port, args.metrics_port)
+    return supervise(args.repository.resolve(), ports, access, args.log_file, args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
