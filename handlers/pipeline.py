@@ -32,6 +32,7 @@ from handlers.artifact import Manifest
 from handlers.errors import InvalidInput, PayloadTooLarge, ServingError, as_serving_error
 from handlers.formats import load_runner
 from handlers.log_limit import rate_limited
+from handlers.open_inference import decode_inputs, v2_answer, v2_request
 
 log = rate_limited(__name__)  # a client can trigger these: a flood must not flood the log
 
@@ -154,11 +155,18 @@ class Pipeline(ABC):
 
     # ---- drivers ------------------------------------------------------------------------------------
     def handle_json(self, bodies: list[Any]) -> list[tuple[int, Any]]:
-        """TorchServe: one ``(http_status, json_body)`` per request body."""
-        requests = [self._parse(self.parse_json, body) for body in bodies]
+        """TorchServe: one ``(http_status, json_body)`` per request body: the task's own JSON, or an Open Inference
+        Protocol v2 body answered with the Triton model's tensors (``handlers/open_inference.py``)."""
+        v2 = [v2_request(body) for body in bodies]
+        requests = [self._parse(self.parse_json, body) if tensors is None else
+                    self._parse(lambda b: self._parse_tensors(decode_inputs(b)), tensors)
+                    for body, tensors in zip(bodies, v2, strict=True)]  # fmt: skip
         answers = []
-        for request, outcome in zip(requests, self.run(requests), strict=True):
-            if isinstance(outcome, ServingError):
+        for request, outcome, tensors in zip(requests, self.run(requests), v2, strict=True):
+            if tensors is not None:
+                formatted = outcome if isinstance(outcome, ServingError) else self.format_tensors(outcome)
+                answers.append(v2_answer(self.manifest.name, tensors, formatted))
+            elif isinstance(outcome, ServingError):
                 answers.append((outcome.http_status, {"error": outcome.to_json()}))
             else:
                 answers.append((200, self.format_json(outcome, request.single)))

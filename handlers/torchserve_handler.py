@@ -36,8 +36,9 @@ class MaasHandler:
         answers = self.pipeline.handle_json([request_body(request) for request in data])
         responses = []
         for idx, (status, body) in enumerate(answers):
-            if status != 200:
-                context.set_response_status(status, body["error"]["message"], idx)
+            if status != 200:  # {"error": {...}}, or {"error": "..."} for an Open Inference Protocol request
+                error = body["error"]
+                context.set_response_status(status, error["message"] if isinstance(error, dict) else error, idx)
             context.set_response_content_type(idx, "application/json")
             responses.append(json.dumps(body))
         self.record_metrics(context, len(data))
