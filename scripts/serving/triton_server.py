@@ -108,6 +108,7 @@ def libpython_dir() -> Path | None:
 
 def triton_environment() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the stubs must import this project's code from the model directory only
     libs = [Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs", libpython_dir()]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(str(p) for p in [*libs, env.get("LD_LIBRARY_PATH")] if p)
     return env

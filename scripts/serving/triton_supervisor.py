@@ -5,9 +5,10 @@
 
 * **Self-healing.** A killed Python-backend stub is a silent outage: tritonserver keeps answering readiness with
   200 while every request to the model fails ``Stub process ... is not healthy``. Every ``--interval`` seconds the
-  supervisor sends each model its deep health probe (``scripts/serving/health.py``); a model that does not answer
-  is reloaded with fresh instances through the repository API on loopback, with the access key (an ensemble: the
-  models it is made of). Requests that fail meanwhile are retried by ``scripts/serving/client.py``.
+  supervisor sends each model its deep health probe (``scripts/serving/health.py``); a model whose stub is dead,
+  or that fails 3 probes in a row, is reloaded with fresh instances through the repository API on loopback, with
+  the access key (an ensemble: the models it is made of). Requests that fail meanwhile are retried by
+  ``scripts/serving/client.py``.
 * **Bounded logs.** tritonserver's output goes to ``--log-file``, rotated at 20 MB with 3 old files kept.
 * **Stopping.** SIGTERM or SIGINT stops tritonserver (SIGTERM to it alone: it shuts its stubs down itself) and
   then the supervisor. When tritonserver exits by itself the supervisor exits with its code, for the container's
@@ -35,6 +36,7 @@ from scripts.serving.health import triton_health
 from scripts.serving.triton_server import TritonAccess, TritonPorts, triton_command, triton_environment
 
 LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
+PERSISTENT_FAILURES = 3  # probes in a row before a model that is not known dead is reloaded
 log = logging.getLogger("maas.triton_supervisor")
 
 
@@ -61,12 +63,16 @@ class Healer:
         self.repository, self.access = repository, access
         self.url = f"127.0.0.1:{ports.http}"
         self.admin = httpx.Client(base_url=f"http://{self.url}", headers=access.admin_headers(), timeout=300)
+        self.failures: dict[str, int] = {}  # consecutive failed probes per model
 
     def check(self) -> None:
+        """A dead stub is reloaded at once; any other failure (a timeout under load...) only when it persists."""
         for result in triton_health(self.url, self.repository, self.access.inference_headers()):
-            if not result.ok:
+            failures = self.failures[result.model] = 0 if result.ok else self.failures.get(result.model, 0) + 1
+            if failures and ("is not healthy" in result.detail or failures >= PERSISTENT_FAILURES):
                 log.warning("%s failed its health probe (%s); reloading it", result.model, result.detail)
                 self.reload(result.model)
+                self.failures[result.model] = 0
 
     def reload(self, model: str) -> None:
         """Reload the model (an ensemble: the models it is made of) with fresh instances.
