@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # The retrying clients (scripts/serving/client.py): a worker restart or a stub reload costs a retry, not an error.
     torchserve = TorchServeClient(args.torchserve, read_inference_key(REPO_ROOT))
-    headers = read_triton_key().inference_headers()
+    access = read_triton_key()
     triton = {
-        "HTTP": TritonClient(args.triton_http, "http", headers),
-        "gRPC": TritonClient(args.triton_grpc, "grpc", headers),
+        "HTTP": TritonClient(args.triton_http, "http", access),
+        "gRPC": TritonClient(args.triton_grpc, "grpc", access),
     }
     image = {"IMAGE": np.array([[png]], dtype=np.object_)}
     response = torchserve.predict("digits", content=png)
