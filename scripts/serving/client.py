@@ -84,6 +84,16 @@ def triton_transient(outcome: Any) -> bool:
     return isinstance(outcome, (ConnectionError, OSError, httpx.TransportError))
 
 
+def infer_inputs(module, inputs: dict[str, np.ndarray]) -> list:
+    """tritonclient's ``InferInput`` objects (of ``module``: tritonclient.http or .grpc) for numpy arrays."""
+    tensors = []
+    for name, array in inputs.items():
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
 class TorchServeClient:
     """TorchServe's REST inference API with retries; ``predict`` returns the final ``httpx.Response``."""
 
@@ -121,11 +131,7 @@ class TritonClient:
         self.policy = policy or RetryPolicy()
 
     def infer(self, model: str, inputs: dict[str, np.ndarray]) -> Any:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = self.module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
+        tensors = infer_inputs(self.module, inputs)
 
         def call(left: float) -> Any:
             timeout = {"client_timeout": min(left, self.timeout)} if self.protocol == "grpc" else {}

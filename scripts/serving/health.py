@@ -20,9 +20,10 @@ from pathlib import Path
 
 import httpx
 import tritonclient.http as triton_http
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY
+from scripts.serving.client import infer_inputs
 from scripts.serving.probe import torchserve_body, torchserve_probes, triton_inputs, triton_probes
 
 PROBE_TIMEOUT = 5.0
@@ -61,19 +62,20 @@ def torchserve_health(url: str, key: str | None, model_store: Path = MODEL_STORE
 
 
 def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[str, str] | None = None,
-                  timeout: float = PROBE_TIMEOUT) -> list[ModelHealth]:  # fmt: skip
-    """``url``: host:port of Triton's HTTP endpoint; ``headers``: the access key when inference is restricted."""
+                  timeout: float = PROBE_TIMEOUT, probes: dict | None = None) -> list[ModelHealth]:  # fmt: skip
+    """``url``: host:port of Triton's HTTP endpoint; ``headers``: the access key when inference is restricted;
+    ``probes``: ``triton_probes(repository)`` already read (the supervisor reads them once)."""
     client = triton_http.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
     results = []
     try:
-        for model, probe in triton_probes(repository).items():
+        for model, probe in (probes if probes is not None else triton_probes(repository)).items():
             start = time.perf_counter()
             try:
                 if probe is None:
                     ok = client.is_model_ready(model, headers=headers)
                     detail = f"no probe in the model directory: model {'ready' if ok else 'not ready'}"
                 else:
-                    client.infer(model, _triton_tensors(probe), headers=headers)
+                    client.infer(model, infer_inputs(triton_http, triton_inputs(probe)), headers=headers)
                     ok, detail = True, "answered"
             except (InferenceServerException, OSError) as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
@@ -81,15 +83,6 @@ def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[
     finally:
         client.close()
     return results
-
-
-def _triton_tensors(probe: dict) -> list:
-    tensors = []
-    for name, array in triton_inputs(probe).items():
-        tensor = triton_http.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
 
 
 def _ms(start: float) -> float:

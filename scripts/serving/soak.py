@@ -133,7 +133,7 @@ def soak(servers: Servers, models: list[str], requests: int, concurrency: int, k
     threads = [threading.Thread(target=work) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
-    for thread in [*threads]:
+    for thread in threads:
         thread.join()
     for injector in injectors:
         injector.join()

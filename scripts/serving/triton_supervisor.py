@@ -33,6 +33,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from scripts.serving.health import triton_health
+from scripts.serving.probe import triton_probes
 from scripts.serving.triton_server import TritonAccess, TritonPorts, triton_command, triton_environment
 
 LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
@@ -64,10 +65,11 @@ class Healer:
         self.url = f"127.0.0.1:{ports.http}"
         self.admin = httpx.Client(base_url=f"http://{self.url}", headers=access.admin_headers(), timeout=300)
         self.failures: dict[str, int] = {}  # consecutive failed probes per model
+        self.probes = triton_probes(repository)  # read once: the repository does not change under a running server
 
     def check(self) -> None:
         """A dead stub is reloaded at once; any other failure (a timeout under load...) only when it persists."""
-        for result in triton_health(self.url, self.repository, self.access.inference_headers()):
+        for result in triton_health(self.url, headers=self.access.inference_headers(), probes=self.probes):
             failures = self.failures[result.model] = 0 if result.ok else self.failures.get(result.model, 0) + 1
             if failures and ("is not healthy" in result.detail or failures >= PERSISTENT_FAILURES):
                 log.warning("%s failed its health probe (%s); reloading it", result.model, result.detail)
