@@ -9,6 +9,8 @@
     maas serve start|stop torchserve|triton|both
     maas serve status [--json]           deep health: a real inference per model on each server (a k8s probe)
     maas soak --requests N --kill-every K   load both servers, kill workers/stubs, count lost and wrong answers
+    maas deploy kserve ARTIFACT... --storage-uri URI   KServe storage layouts + InferenceService manifests
+    maas deploy check DIR                re-validate them (kserve SDK models) after an edit
     maas samples                         send sample requests to the running servers
     maas bench serving|formats|int8      the benchmarks (reports/)
 
@@ -36,6 +38,7 @@ COMMANDS = {
     ("serve",): "scripts.serving.servers",
     ("samples",): "scripts.serving.samples",
     ("soak",): "scripts.serving.soak",
+    ("deploy",): "scripts.deploy.kserve",
     ("bench", "serving"): "scripts.benchmarking.benchmark",
     ("bench", "formats"): "scripts.benchmarking.benchmark_formats",
     ("bench", "int8"): "scripts.benchmarking.int8_recipes",

@@ -114,14 +114,15 @@ def triton_environment() -> dict[str, str]:
     return env
 
 
-def triton_command(repository: Path, ports: TritonPorts, access: TritonAccess) -> list[str]:
+def triton_command(repository: Path, ports: TritonPorts, access: TritonAccess, address: str = "127.0.0.1") -> list[str]:
+    """``address``: loopback here; a pod's (0.0.0.0) under KServe, whose server must reach it from outside."""
     return [
         str(triton_home() / "bin" / "tritonserver"),
         f"--model-repository={repository}",
         f"--backend-directory={triton_backends()}",
-        "--http-address=127.0.0.1", f"--http-port={ports.http}",
-        "--grpc-address=127.0.0.1", f"--grpc-port={ports.grpc}",
-        "--metrics-address=127.0.0.1", f"--metrics-port={ports.metrics}",
+        f"--http-address={address}", f"--http-port={ports.http}",
+        f"--grpc-address={address}", f"--grpc-port={ports.grpc}",
+        f"--metrics-address={address}", f"--metrics-port={ports.metrics}",
         "--model-control-mode=explicit", "--load-model=*",
         "--disable-auto-complete-config",  # configs are complete: no extra stub launch per model load
         "--strict-readiness=true",

@@ -3,6 +3,9 @@
     python -m scripts.serving.triton_supervisor --repository model_repository --key-file run/triton_key.json \
         --log-file logs/triton.log [--http-port 8000 --grpc-port 8001 --metrics-port 8002] [--interval 1]
 
+In a KServe pod (the ServingRuntime of ``maas deploy kserve``) it runs with ``--address 0.0.0.0`` and the key from a
+Secret (``--key-env MAAS_TRITON_KEY``), and without ``--log-file`` it writes tritonserver's output to stdout.
+
 * **Self-healing.** A killed Python-backend stub is a silent outage: tritonserver keeps answering readiness with
   200 while every request to the model fails ``Stub process ... is not healthy``. Every ``--interval`` seconds the
   supervisor sends each model its deep health probe (``scripts/serving/health.py``); a model whose stub is dead,
@@ -21,6 +24,7 @@ import argparse
 import json
 import logging
 import logging.handlers
+import os
 import signal
 import subprocess
 import sys
@@ -41,9 +45,12 @@ PERSISTENT_FAILURES = 3  # probes in a row before a model that is not known dead
 log = logging.getLogger("maas.triton_supervisor")
 
 
-def pump_log(stream, log_file: Path) -> None:
-    """Copy tritonserver's output into a size-capped, rotating log file."""
-    handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
+def pump_log(stream, log_file: Path | None) -> None:
+    """Copy tritonserver's output into a size-capped, rotating log file (None: to stdout, in a pod)."""
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS)
     handler.setFormatter(logging.Formatter("%(message)s"))
     for line in iter(stream.readline, b""):
         handler.emit(logging.makeLogRecord({"msg": line.decode(errors="replace").rstrip("\n")}))
@@ -105,12 +112,13 @@ def ready(url: str) -> bool:
         return False
 
 
-def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_file: Path, interval: float) -> int:
+def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_file: Path | None, interval: float,
+              address: str = "127.0.0.1") -> int:  # fmt: skip
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     server = subprocess.Popen(
-        triton_command(repository, ports, access), cwd=repository, env=triton_environment(),
+        triton_command(repository, ports, access, address), cwd=repository, env=triton_environment(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     # cwd: the repository, so no checkout of this project on the stub's sys.path can shadow a model's own code.
@@ -138,8 +146,11 @@ def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_fi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--key-file", type=Path, required=True, help="written by start_triton (TritonAccess)")
-    parser.add_argument("--log-file", type=Path, required=True)
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file", type=Path, help="written by start_triton (TritonAccess)")
+    key.add_argument("--key-env", help="an environment variable holding the key (a pod's Secret)")
+    parser.add_argument("--log-file", type=Path, help="rotated log file (default: stdout, as a pod's log)")
+    parser.add_argument("--address", default="127.0.0.1", help="address to listen on (a pod: 0.0.0.0)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -147,11 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s supervisor: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe otherwise
-    access = TritonAccess.read(args.key_file)
-    if access is None:
+    if args.key_env:
+        if len(os.environ.get(args.key_env, "")) < 16:
+            sys.exit(f"${args.key_env} must hold the access key (16 characters or more)")
+        access = TritonAccess(key=os.environ[args.key_env])
+    elif (access := TritonAccess.read(args.key_file)) is None:
         sys.exit(f"no key file {args.key_file}")
     ports = TritonPorts(args.http_port, args.grpc_port, args.metrics_port)
-    return supervise(args.repository.resolve(), ports, access, args.log_file, args.interval)
+    return supervise(args.repository.resolve(), ports, access, args.log_file, args.interval, args.address)
 
 
 if __name__ == "__main__":
