@@ -109,4 +109,4 @@ def test_refusals_name_what_is_wrong(hf_checkpoints, tmp_path):
 
 def test_the_cli_lists_its_commands_and_refuses_unknown_ones(capsys):
     assert maas(["--help"]) == 0 and "maas import hf DIR --out ARTIFACT" in capsys.readouterr().out
-    assert maas(["deploy"]) == 2 and "unknown command 'deploy'" in capsys.readouterr().err
+    assert maas(["teleport"]) == 2 and "unknown command 'teleport'" in capsys.readouterr().err
