@@ -9,9 +9,9 @@ Per model and format:
    reason and
    the format skipped), its model file's size, and the held-out metric eager -> export from its verification;
 2. in process: ``handle_tensors`` with 1 and 32 one-item requests per call
-   (``scripts.benchmarking.benchmark.measure_in_process``);
+   (``scripts.benchmarking.in_process.measure_in_process``);
 3. served: every format of every model built as ``<model>_<format>`` into one temporary root, ONE TorchServe and
-   ONE tritonserver started on free loopback ports (``scripts.benchmarking.benchmark.Servers``), then per format a
+   ONE tritonserver started on free loopback ports (``scripts.benchmarking.bench_servers.Servers``), then per format a
    closed loop (``scripts.benchmarking.loadgen``) at concurrency 1 (p50 latency) and 16 (throughput) on Triton gRPC
    and TorchServe REST.
 
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import math
 import os
 import signal
 import sys
@@ -34,71 +32,29 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from handlers.artifact import HELD_OUT_NAME, read_held_out, read_manifest
+from handlers.artifact import read_manifest
 from handlers.formats import FORMATS
-from scripts import ARTIFACTS_DIR, REPO_ROOT
-from scripts.benchmarking.benchmark import (
-    SERIES_BY_KEY,
-    WORKLOADS,
-    ModelUnderTest,
-    Servers,
-    _f,
-    _interrupt,
-    _load,
-    _run_point,
-    breakdown,
-    counter_delta,
-    measure_in_process,
-    run_meta,
-    table,
-    warm_torchserve,
-)
-from scripts.benchmarking.loadgen import Workload
+from scripts import REPO_ROOT
+from scripts.benchmarking.bench_servers import SERIES_BY_KEY, Servers, interrupt, run_meta, run_point, warm_torchserve
+from scripts.benchmarking.formats_report import (
+    ENSEMBLE_KEY,
+    HIGH_C,
+    IN_PROCESS_BATCHES,
+    LOW_C,
+    SERVED_SERIES,
+    count_errors,
+    formats_table,
+    suggest_formats,
+    suggestions_table,
+    write_reports,
+)  # fmt: skip
+from scripts.benchmarking.in_process import measure_in_process
+from scripts.benchmarking.server_metrics import breakdown, counter_delta
+from scripts.benchmarking.workloads import ModelUnderTest, model_under_test
 from scripts.packaging.build import build
 from scripts.packaging.export import ExportRejected, export, is_current
 
 DEFAULT_MODELS = ("sentiment", "digits", "breast_cancer")
-IN_PROCESS_BATCHES = (1, 32)
-LOW_C, HIGH_C = 1, 16
-SERVED_SERIES = ("triton_grpc", "torchserve_rest")
-ENSEMBLE_KEY = "triton_grpc_ensemble"  # --ensembles: the format served as a Triton ensemble, over gRPC
-RANK_SERIES = "triton_grpc"  # "fastest" is Triton gRPC throughput at HIGH_C
-# A format is suggested only within one point of eager's held-out metric (plus float slack for rounded figures).
-METRIC_SLACK = 0.01 + 1e-9
-
-
-# ---- workloads -------------------------------------------------------------------------------------------
-def tabular_model(name: str, artifact: Path) -> ModelUnderTest:
-    """The held-out rows: ``{"features": [...]}`` for TorchServe, ``FEATURES`` FP32 [1, n] for Triton."""
-    rows, _ = read_held_out(artifact)
-    matrix = np.asarray(rows, dtype=np.float32)
-
-    def triton_input(module, i: int) -> list:
-        tensor = module.InferInput("FEATURES", [1, matrix.shape[1]], "FP32")
-        tensor.set_data_from_numpy(matrix[i : i + 1])
-        return [tensor]
-
-    workload = Workload([json.dumps({"features": row}).encode() for row in rows], "application/json", triton_input)
-    task = read_manifest(artifact).task
-    return ModelUnderTest(
-        name, task, artifact, workload, lambda i: {"FEATURES": matrix[i % len(matrix)][None, :]},
-        f"{len(rows)} held-out rows of {matrix.shape[1]} features",
-    )  # fmt: skip
-
-
-FORMAT_WORKLOADS = {**WORKLOADS, "tabular_classification": tabular_model, "tabular_regression": tabular_model}
-
-
-def model_under_test(name: str) -> ModelUnderTest:
-    artifact = ARTIFACTS_DIR / name
-    task = read_manifest(artifact).task
-    if task not in FORMAT_WORKLOADS:
-        raise SystemExit(f"{name}: no benchmark workload for task {task!r} (known: {sorted(FORMAT_WORKLOADS)})")
-    if not (artifact / HELD_OUT_NAME).is_file():
-        raise SystemExit(f"{artifact / HELD_OUT_NAME} is missing (still training?): the exports are checked on it")
-    return FORMAT_WORKLOADS[task](name, artifact)
 
 
 def served_name(model: str, fmt: str) -> str:
@@ -165,7 +121,7 @@ def measure_point(servers: Servers, key: str, model: ModelUnderTest, concurrency
     series = SERIES_BY_KEY[key]
     before = servers.counters(series, model.name)
     make_client = lambda: servers.client(series, model.name, model.workload, concurrency)  # noqa: E731
-    point = asyncio.run(_run_point(make_client, concurrency, args.duration, args.warmup, offset))
+    point = asyncio.run(run_point(make_client, concurrency, args.duration, args.warmup, offset))
     time.sleep(0.3)  # TorchServe publishes the handler's metrics a moment after the answers
     delta = counter_delta(before, servers.counters(series, model.name))
     point.update(concurrency=concurrency, server=breakdown(series.server, delta))
@@ -214,7 +170,7 @@ def measure_served(result: dict, targets: list[tuple[str, ModelUnderTest, str, P
 # ---- the run ---------------------------------------------------------------------------------------------
 def run(args) -> dict:
     run_started = time.perf_counter()
-    models = [model_under_test(name) for name in args.models]
+    models = [model_under_test(name, held_out_required=True) for name in args.models]
     result = {
         "meta": {
             **run_meta("scripts.benchmarking.benchmark_formats", args),
@@ -249,214 +205,6 @@ def run(args) -> dict:
     return result
 
 
-# ---- choosing a format -----------------------------------------------------------------------------------
-def within_one_point(entry: dict) -> bool:
-    metric = entry.get("metric")
-    return bool(metric) and abs(metric["export"] - metric["eager"]) <= METRIC_SLACK
-
-
-def speed(entry: dict) -> tuple[float | None, str]:
-    """The ranking figure: Triton gRPC items/s at c=16; in-process items/s at batch 32 when nothing was served."""
-    served = entry.get("served", {}).get(RANK_SERIES, {}).get(f"c{HIGH_C}")
-    if served is not None:
-        return (served["throughput"] if not served["errors"] else None), f"{RANK_SERIES} c={HIGH_C}"
-    b32 = next((p for p in entry.get("in_process", []) if p["batch_size"] == max(IN_PROCESS_BATCHES)), None)
-    return (b32["items_per_s"] if b32 else None), f"in-process b={max(IN_PROCESS_BATCHES)}"
-
-
-def suggest_formats(result: dict) -> dict[str, dict]:
-    """Per task, the fastest format within one point of eager on every model of that task.
-
-    With several models of a task, formats are ranked by the geometric mean of their throughput over those models
-    (the same ranking as the mean speed-up over eager); a format missing, rejected, too inaccurate or erroring on
-    any of them is out.
-    """
-    by_task: dict[str, list[str]] = {}
-    for model, data in result["models"].items():
-        by_task.setdefault(data["task"], []).append(model)
-    suggestions = {}
-    for task, models in by_task.items():
-        candidates = {}
-        basis = None
-        for fmt in FORMATS:
-            entries = [result["models"][m]["formats"].get(fmt) for m in models]
-            if not all(e and e["status"] == "ok" and within_one_point(e) for e in entries):
-                continue
-            speeds = [speed(e) for e in entries]
-            if any(s is None or s <= 0 for s, _ in speeds):
-                continue
-            basis = speeds[0][1]
-            candidates[fmt] = math.exp(float(np.mean([math.log(s) for s, _ in speeds])))
-        if not candidates:
-            suggestions[task] = {"format": None, "models": models, "why": "no format qualified"}
-            continue
-        best = max(candidates, key=candidates.get)
-        eager = candidates.get("eager")
-        gain = f", {candidates[best] / eager:.2f}x eager" if eager else ""
-        suggestions[task] = {
-            "format": best,
-            "models": models,
-            "basis": basis,
-            "items_per_s": candidates[best],
-            "candidates": candidates,
-            "why": f"{candidates[best]:,.1f} items/s ({basis}{gain}); held-out metric within one point of eager",
-        }
-    return suggestions
-
-
-# ---- reports ---------------------------------------------------------------------------------------------
-HEADER = [
-    "model", "format", "size MB", "held-out metric eager -> export", "in-process items/s b1 / b32",
-    "in-process b1 ms (p50)", f"Triton gRPC p50 c={LOW_C} ms", f"Triton gRPC items/s c={HIGH_C}",
-    f"TorchServe p50 c={LOW_C} ms", f"TorchServe items/s c={HIGH_C}", "export s",
-]  # fmt: skip
-
-
-def _served(entry: dict, key: str, c: int, field: str, digits: int) -> str:
-    point = entry.get("served", {}).get(key, {}).get(f"c{c}")
-    if point is None:
-        return "-"
-    text = _f(point[field], digits)
-    return f"{text} ({point['errors']} errors)" if point["errors"] else text
-
-
-def _metric(entry: dict) -> str:
-    m = entry.get("metric")
-    return f"{m['name']} {m['eager']:.4f} -> {m['export']:.4f}" if m else "-"
-
-
-def _export_seconds(fmt: str, entry: dict) -> str:
-    if fmt == "eager":
-        return "-"
-    e = entry["export"]
-    if e.get("reused"):
-        return f"{_f(e.get('export_seconds'))} (reused)"
-    return _f(e.get("export_seconds") or e["seconds_this_run"])
-
-
-def format_rows(result: dict) -> list[list[str]]:
-    rows = []
-    for model, data in result["models"].items():
-        for fmt, entry in data["formats"].items():
-            if entry["status"] != "ok":
-                reason = entry.get("reason", "").replace("|", "/")
-                rows.append([model, fmt, "-", f"rejected: {reason}", *["-"] * (len(HEADER) - 5),
-                             _f(entry["export"]["seconds_this_run"])])  # fmt: skip
-                continue
-            points = {p["batch_size"]: p for p in entry.get("in_process", [])}
-            b1, b32 = points.get(1, {}), points.get(32, {})
-            rows.append([
-                model, fmt, f"{entry['size_mb']:.3g}", _metric(entry),
-                f"{_f(b1.get('items_per_s'))} / {_f(b32.get('items_per_s'))}", _f(b1.get("ms_per_batch_p50"), 2),
-                _served(entry, "triton_grpc", LOW_C, "p50_ms", 2),
-                _served(entry, "triton_grpc", HIGH_C, "throughput", 1),
-                _served(entry, "torchserve_rest", LOW_C, "p50_ms", 2),
-                _served(entry, "torchserve_rest", HIGH_C, "throughput", 1), _export_seconds(fmt, entry),
-            ])  # fmt: skip
-    return rows
-
-
-def ensemble_table(result: dict) -> str | None:
-    """Single Python model vs the same export as an ensemble (three Python models), Triton gRPC; None if unmeasured."""
-    rows = []
-    for model, data in result["models"].items():
-        for fmt, entry in data["formats"].items():
-            if ENSEMBLE_KEY not in entry.get("served", {}):
-                continue
-            rows.append([
-                model, fmt,
-                _served(entry, "triton_grpc", LOW_C, "p50_ms", 2), _served(entry, ENSEMBLE_KEY, LOW_C, "p50_ms", 2),
-                _served(entry, "triton_grpc", HIGH_C, "throughput", 1),
-                _served(entry, ENSEMBLE_KEY, HIGH_C, "throughput", 1),
-            ])  # fmt: skip
-    header = ["model", "format", f"single p50 c={LOW_C} ms", f"ensemble p50 c={LOW_C} ms",
-              f"single items/s c={HIGH_C}", f"ensemble items/s c={HIGH_C}"]  # fmt: skip
-    return table(header, rows) if rows else None
-
-
-def formats_table(result: dict) -> str:
-    return table(HEADER, format_rows(result))
-
-
-def suggestions_table(result: dict) -> str:
-    rows = []
-    for task, s in result["suggestions"].items():
-        others = sorted(s.get("candidates", {}).items(), key=lambda kv: -kv[1])
-        others = ", ".join(f"{fmt} {_f(speed)}" for fmt, speed in others if fmt != s["format"]) or "-"
-        rows.append([task, ", ".join(s["models"]), f"**{s['format']}**" if s["format"] else "-", s["why"], others])
-    return table(["task", "models", "suggested format", "why", "other qualifying formats (items/s)"], rows)
-
-
-def count_errors(result: dict) -> int:
-    return sum(
-        point["errors"]
-        for data in result["models"].values()
-        for entry in data["formats"].values()
-        for points in entry.get("served", {}).values()
-        for point in points.values()
-    )
-
-
-def _load_end(meta: dict) -> str:
-    return _load({"load_average_at_start": meta.get("load_average_at_end", [])})
-
-
-def render_markdown(result: dict) -> str:
-    meta = result["meta"]
-    served = (
-        f"Served: every format built as `<model>_<format>` with its manifest's serving settings, one TorchServe and "
-        f"one tritonserver for all; closed loop, one item per request, {meta['warmup_s']} s warm-up + "
-        f"{meta['duration_s']} s per point (TorchServe warmed with {meta['torchserve_warmup_requests']} requests "
-        "first)."
-        if meta["served"]
-        else "Served: not measured (`--no-served`); formats are ranked by in-process throughput at batch 32."
-    )
-    out = [
-        "# Model formats: size, held-out metric, speed in process and served",
-        "",
-        f"`{meta['command']}` - {meta['date']}, {meta.get('wall_s', '?')} s wall. {meta['machine']}; client and "
-        f"servers share the machine (load average at start: {_load(meta)}, at end: {_load_end(meta)}; eager and "
-        "TorchScript figures suffer most from other load on the cores). In process: `handle_tensors` with 1 "
-        f"and 32 one-item requests per call, {meta['in_process_seconds']} s each. {served}",
-        "",
-        formats_table(result),
-        "",
-        "Size: the format's model file (eager: the safetensors weights). Held-out metric: accuracy (classifiers) or "
-        "R² (regressors) on the artifact's held-out set, from the export's verification. Export s: the seconds the "
-        "export and its verification took when it was written (reused: an earlier run's, still current).",
-        "",
-        f"## Suggested format per task (fastest by Triton gRPC items/s at c={HIGH_C}, held-out metric within one "
-        "point of eager)",
-        "",
-        suggestions_table(result),
-        "",
-    ]
-    rejected = [
-        f"- {model} {fmt}: {entry['reason']}"
-        for model, data in result["models"].items()
-        for fmt, entry in data["formats"].items()
-        if entry["status"] == "rejected"
-    ]
-    if rejected:
-        out += ["Rejected exports:", "", *rejected, ""]
-    ensembles = ensemble_table(result)
-    if ensembles:
-        out += ["## The same exports as Triton ensembles (`--ensembles`)", "",
-                "Preprocess, network and postprocess as three Python-backend models joined by an ensemble (the "
-                "layout a native ONNX Runtime / libtorch backend would use), against the single Python model; "
-                "Triton gRPC.", "", ensembles, ""]  # fmt: skip
-    if meta["served"]:
-        out += [f"Errors (failed requests, all served points, warm-ups included): **{count_errors(result)}**.", ""]
-    return "\n".join(out)
-
-
-def write_reports(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "formats.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "formats.md").write_text(render_markdown(result))
-    print(f"wrote {out / 'formats.json'}, {out / 'formats.md'}")
-
-
 # ---- command line ----------------------------------------------------------------------------------------
 def _names(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
@@ -485,7 +233,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the servers on `kill` too, as on Ctrl-C
+    signal.signal(signal.SIGTERM, interrupt)  # stop the servers on `kill` too, as on Ctrl-C
     result = run(args)
     write_reports(result, args.out)
     print(f"\n{formats_table(result)}\n\n{suggestions_table(result)}\n\nwall time {result['meta']['wall_s']:.0f} s")

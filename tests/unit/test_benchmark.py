@@ -7,25 +7,21 @@ import zipfile
 
 import pytest
 
-from scripts.benchmarking.benchmark import (
+from scripts.benchmarking.bench_servers import per_server
+from scripts.benchmarking.benchmark import parse_args
+from scripts.benchmarking.in_process import best_of, in_process_at, in_process_ms_at
+from scripts.benchmarking.loadgen import closed_loop, summarize
+from scripts.benchmarking.server_metrics import (
     TORCHSERVE_COUNTERS,
     TRITON_COUNTERS,
-    best_of,
     breakdown,
     describe_served,
-    evaluate_targets,
-    in_process_at,
-    in_process_ms_at,
     model_counters,
-    parse_args,
     parse_prometheus,
-    per_server,
-    plot,
-    render_markdown,
     served_settings,
-    summary_rows,
 )
-from scripts.benchmarking.loadgen import closed_loop, summarize
+from scripts.benchmarking.serving_report import plot, render_markdown, summary_rows
+from scripts.benchmarking.serving_targets import evaluate_targets
 
 
 def test_summarize_percentiles_and_throughput():

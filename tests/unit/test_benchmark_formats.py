@@ -7,14 +7,12 @@ import json
 import pytest
 
 from handlers.artifact import Manifest, write_artifact_manifest
-from scripts.benchmarking.benchmark_formats import (
+from scripts.benchmarking.benchmark_formats import fill_metrics, parse_args, prepare_format
+from scripts.benchmarking.formats_report import (
     ENSEMBLE_KEY,
     HEADER,
     count_errors,
-    fill_metrics,
     format_rows,
-    parse_args,
-    prepare_format,
     render_markdown,
     suggest_formats,
 )

@@ -1,0 +1,164 @@
+"""The servers a benchmark measures: one TorchServe and one tritonserver on free loopback ports, and their clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+
+from scripts.benchmarking.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
+from scripts.benchmarking.server_metrics import TORCHSERVE_COUNTERS, TRITON_COUNTERS, model_counters, scrape
+from scripts.serving.servers import bearer, free_port, start_torchserve, stop_process
+from scripts.serving.triton_server import TritonPorts, start_triton
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of the plot: a server, a protocol, and whether the model is the naive (unbatched) build."""
+
+    key: str
+    label: str
+    server: str  # "torchserve" or "triton"
+    protocol: str  # "rest", "http" or "grpc"
+    naive: bool = False
+
+
+SERIES = [
+    Series("torchserve_rest", "TorchServe REST", "torchserve", "rest"),
+    Series("triton_http", "Triton HTTP", "triton", "http"),
+    Series("triton_grpc", "Triton gRPC", "triton", "grpc"),
+    Series("torchserve_rest_naive", "TorchServe REST naive", "torchserve", "rest", naive=True),
+    Series("triton_http_naive", "Triton HTTP naive", "triton", "http", naive=True),
+    Series("triton_grpc_naive", "Triton gRPC naive", "triton", "grpc", naive=True),
+]
+
+
+SERIES_BY_KEY = {s.key: s for s in SERIES}
+
+
+class Servers:
+    """One TorchServe and one tritonserver serving every built model, on free loopback ports; ``stop`` always."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.torchserve = self.triton = None
+        self.triton_ports = TritonPorts(free_port(), free_port(), free_port())
+
+    def start(self) -> None:
+        started = time.perf_counter()
+        self.torchserve = start_torchserve(self.root / "model_store", self.root / "torchserve")
+        print(f"TorchServe ready on {self.torchserve.inference_url} in {time.perf_counter() - started:.0f}s")
+        started = time.perf_counter()
+        self.triton = start_triton(self.root / "model_repository", self.triton_ports, self.root / "triton.log", 300)
+        print(f"tritonserver ready on HTTP {self.triton_ports.http} / gRPC {self.triton_ports.grpc} "
+              f"in {time.perf_counter() - started:.0f}s")  # fmt: skip
+
+    def stop(self) -> None:
+        if self.torchserve is not None:
+            stop_process(self.torchserve.process)
+            self.torchserve = None
+        if self.triton is not None:
+            stop_process(self.triton.process, group=False)
+            self.triton = None
+
+    def client(self, series: Series, model: str, workload: Workload, concurrency: int):
+        if series.server == "torchserve":
+            ts = self.torchserve
+            return TorchServeClient(ts.inference_url, ts.inference_key, model, workload, concurrency)
+        port = self.triton_ports.http if series.protocol == "http" else self.triton_ports.grpc
+        return TritonClient(series.protocol, f"127.0.0.1:{port}", model, workload, concurrency)
+
+    def counters(self, series: Series, model: str) -> dict[str, float]:
+        if series.server == "torchserve":
+            return model_counters(scrape(f"{self.torchserve.metrics_url}/metrics"), model, TORCHSERVE_COUNTERS)
+        return model_counters(scrape(f"http://127.0.0.1:{self.triton_ports.metrics}/metrics"), model, TRITON_COUNTERS)
+
+    def wait_torchserve_model(self, model: str, workload: Workload, timeout: float = 300) -> None:
+        """TorchServe answers /ping before every worker has loaded its model: wait for a 200 from this one."""
+        url, key = f"{self.torchserve.inference_url}/predictions/{model}", self.torchserve.inference_key
+        headers = {**bearer(key), "Content-Type": workload.content_type}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.post(url, content=workload.rest_bodies[0], headers=headers, timeout=60).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"TorchServe model {model} not answering after {timeout:.0f}s")
+            time.sleep(0.5)
+
+
+async def run_point(make_client, concurrency, duration, warmup, offset):
+    client = make_client()
+    try:
+        return await closed_loop(client, concurrency, duration, warmup, offset)
+    finally:
+        await client.close()
+
+
+async def warm(make_client, requests, concurrency):
+    client = make_client()
+    try:
+        return await send_count(client, requests, concurrency)
+    finally:
+        await client.close()
+
+
+def served_name(model: str, series: Series) -> str:
+    return f"{model}_naive" if series.naive else model
+
+
+def run_meta(module: str, args) -> dict:
+    """What every report records about its run: the command, when, the machine, and the load settings."""
+    return {
+        "command": " ".join([f".venv/bin/python -m {module}", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "torchserve_warmup_requests": args.torchserve_warmup,
+    }
+
+
+def warm_torchserve(servers: Servers, models, series, requests: int) -> None:
+    """TorchServe's JVM frontend is ~3x slower for its first ~1,000 requests: spread them over its models."""
+    names = [(m, served_name(m.name, s)) for m in models for s in series if s.server == "torchserve"]
+    if not names:
+        return
+    started = time.perf_counter()
+    failed = 0
+    ts = SERIES_BY_KEY["torchserve_rest"]
+    for model, name in names:
+        servers.wait_torchserve_model(name, model.workload)
+        make_client = lambda model=model, name=name: servers.client(ts, name, model.workload, 16)  # noqa: E731
+        failed += asyncio.run(warm(make_client, max(requests // len(names), 1), 16))
+    print(f"TorchServe warmed up with {requests} requests over {len(names)} models in "
+          f"{time.perf_counter() - started:.0f}s ({failed} failed)")  # fmt: skip
+
+
+SERVERS = ("torchserve", "triton")
+
+
+def per_server(overrides: dict) -> dict[str, dict]:
+    """Serving overrides per server: ``KEY`` applies to both, ``torchserve.KEY`` / ``triton.KEY`` to one."""
+    split: dict[str, dict] = {server: {} for server in SERVERS}
+    for key, value in overrides.items():
+        server, _, name = key.rpartition(".")
+        if server and server not in SERVERS:
+            raise ValueError(f"--serving {key}: the prefix must be one of {', '.join(SERVERS)}")
+        for target in [server] if server else SERVERS:
+            split[target][name] = value
+    return split
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
