@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -12,31 +13,48 @@ from pathlib import Path
 
 import httpx
 import torch
+import tritonclient.http as triton_http
 
 from scripts.benchmarking.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
-from scripts.benchmarking.server_metrics import TORCHSERVE_COUNTERS, TRITON_COUNTERS, model_counters, scrape
+from scripts.benchmarking.server_metrics import (
+    TORCHSERVE_COUNTERS,
+    TRITON_COUNTERS,
+    breakdown,
+    counter_delta,
+    model_counters,
+    scrape,
+)  # fmt: skip
+from scripts.benchmarking.wrk_load import HttpTarget, tree_cpu_seconds, wrk_point
 from scripts.serving.servers import bearer, free_port, start_torchserve, stop_process
 from scripts.serving.triton_server import TritonPorts, start_triton
 
 
 @dataclass(frozen=True)
 class Series:
-    """One line of the plot: a server, a protocol, and whether the model is the naive (unbatched) build."""
+    """One line of the plot: a server, a protocol, and which build of the model: as configured (``""``), ``naive``
+    (one request per forward pass) or ``ceiling`` (``ceiling.py``: a constant answer, the server's own limit)."""
 
     key: str
     label: str
     server: str  # "torchserve" or "triton"
     protocol: str  # "rest", "http" or "grpc"
-    naive: bool = False
+    variant: str = ""
+
+    @property
+    def naive(self) -> bool:
+        return self.variant == "naive"
 
 
 SERIES = [
     Series("torchserve_rest", "TorchServe REST", "torchserve", "rest"),
     Series("triton_http", "Triton HTTP", "triton", "http"),
     Series("triton_grpc", "Triton gRPC", "triton", "grpc"),
-    Series("torchserve_rest_naive", "TorchServe REST naive", "torchserve", "rest", naive=True),
-    Series("triton_http_naive", "Triton HTTP naive", "triton", "http", naive=True),
-    Series("triton_grpc_naive", "Triton gRPC naive", "triton", "grpc", naive=True),
+    Series("torchserve_rest_naive", "TorchServe REST naive", "torchserve", "rest", "naive"),
+    Series("triton_http_naive", "Triton HTTP naive", "triton", "http", "naive"),
+    Series("triton_grpc_naive", "Triton gRPC naive", "triton", "grpc", "naive"),
+    Series("torchserve_rest_ceiling", "TorchServe REST ceiling", "torchserve", "rest", "ceiling"),
+    Series("triton_http_ceiling", "Triton HTTP ceiling", "triton", "http", "ceiling"),
+    Series("triton_grpc_ceiling", "Triton gRPC ceiling", "triton", "grpc", "ceiling"),
 ]
 
 
@@ -95,6 +113,47 @@ class Servers:
                 raise TimeoutError(f"TorchServe model {model} not answering after {timeout:.0f}s")
             time.sleep(0.5)
 
+    def pids(self, series: Series) -> list[int]:
+        """The server's top process (TorchServe's frontend; the Triton supervisor): its tree holds the workers."""
+        return [(self.torchserve if series.server == "torchserve" else self.triton).process.pid]
+
+    def measure(self, series: Series, model: str, workload: Workload, concurrency: int, args, offset: int) -> dict:
+        """One closed-loop point, with the server's own counters and the cores each side used. ``args.client``:
+        ``wrk`` for HTTP (TorchServe REST, Triton HTTP), or ``python`` (loadgen's async clients; always for gRPC)."""
+        before = self.counters(series, model)
+        if args.client == "wrk" and series.protocol in ("rest", "http"):
+            target = http_target(series, model, workload, self.torchserve, self.triton_ports.http)
+            point = wrk_point(target, concurrency, args.duration, args.warmup, offset, self.pids(series))
+        else:
+            make_client = lambda: self.client(series, model, workload, concurrency)  # noqa: E731
+            client_before, servers_before = (
+                resource.getrusage(resource.RUSAGE_SELF),
+                tree_cpu_seconds(self.pids(series)),
+            )
+            started = time.perf_counter()
+            point = asyncio.run(run_point(make_client, concurrency, args.duration, args.warmup, offset))
+            wall, client_after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+            client_cpu = sum(getattr(client_after, f) - getattr(client_before, f) for f in ("ru_utime", "ru_stime"))
+            servers_cpu = tree_cpu_seconds(self.pids(series)) - servers_before
+            point.update(client="python", client_cores=client_cpu / wall, server_cores=servers_cpu / wall)
+        time.sleep(0.3)  # TorchServe publishes the handler's metrics a moment after the answers
+        delta = counter_delta(before, self.counters(series, model))
+        point.update(concurrency=concurrency, server=breakdown(series.server, delta), counters=delta)
+        return point
+
+
+def http_target(series: Series, model: str, workload: Workload, torchserve, triton_http_port: int) -> HttpTarget:
+    """What wrk sends: TorchServe's REST body, or Triton's v2 body exactly as tritonclient.http builds it."""
+    if series.server == "torchserve":
+        headers = {**bearer(torchserve.inference_key), "Content-Type": workload.content_type}
+        url = f"{torchserve.inference_url}/predictions/{model}"
+        return HttpTarget(url, headers, [(body, None) for body in workload.rest_bodies])
+    bodies = [triton_http.InferenceServerClient.generate_request_body(inputs)
+              for inputs in workload.triton_inputs(triton_http)]  # fmt: skip
+    content_type = "application/octet-stream" if bodies[0][1] is not None else "application/json"
+    url = f"http://127.0.0.1:{triton_http_port}/v2/models/{model}/infer"
+    return HttpTarget(url, {"Content-Type": content_type}, bodies)
+
 
 async def run_point(make_client, concurrency, duration, warmup, offset):
     client = make_client()
@@ -113,7 +172,13 @@ async def warm(make_client, requests, concurrency):
 
 
 def served_name(model: str, series: Series) -> str:
-    return f"{model}_naive" if series.naive else model
+    return f"{model}_{series.variant}" if series.variant else model
+
+
+def add_client_argument(parser) -> None:
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk",
+                        help="HTTP load generator: wrk (C, default; installed from Debian's packages when missing) or "
+                        "python (loadgen's async clients, which saturate first); gRPC always uses python")  # fmt: skip
 
 
 def run_meta(module: str, args) -> dict:
@@ -126,6 +191,7 @@ def run_meta(module: str, args) -> dict:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "torchserve_warmup_requests": args.torchserve_warmup,
+        "http_client": args.client,
     }
 
 

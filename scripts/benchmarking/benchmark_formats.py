@@ -23,7 +23,6 @@ The servers are stopped on every exit path. Client and servers share the machine
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
@@ -35,7 +34,14 @@ from pathlib import Path
 from handlers.artifact import read_manifest
 from handlers.formats import FORMATS
 from scripts import REPO_ROOT
-from scripts.benchmarking.bench_servers import SERIES_BY_KEY, Servers, interrupt, run_meta, run_point, warm_torchserve
+from scripts.benchmarking.bench_servers import (
+    SERIES_BY_KEY,
+    Servers,
+    add_client_argument,
+    interrupt,
+    run_meta,
+    warm_torchserve,
+)
 from scripts.benchmarking.formats_report import (
     ENSEMBLE_KEY,
     HIGH_C,
@@ -49,7 +55,6 @@ from scripts.benchmarking.formats_report import (
     write_reports,
 )  # fmt: skip
 from scripts.benchmarking.in_process import measure_in_process
-from scripts.benchmarking.server_metrics import breakdown, counter_delta
 from scripts.benchmarking.workloads import ModelUnderTest, model_under_test
 from scripts.packaging.build import build
 from scripts.packaging.export import ExportRejected, export, is_current
@@ -116,18 +121,6 @@ def fill_metrics(data: dict) -> None:
 
 
 # ---- served ----------------------------------------------------------------------------------------------
-def measure_point(servers: Servers, key: str, model: ModelUnderTest, concurrency: int, args, offset: int) -> dict:
-    """One closed-loop point against ``model.name`` on one server/protocol, with the server's own counters."""
-    series = SERIES_BY_KEY[key]
-    before = servers.counters(series, model.name)
-    make_client = lambda: servers.client(series, model.name, model.workload, concurrency)  # noqa: E731
-    point = asyncio.run(run_point(make_client, concurrency, args.duration, args.warmup, offset))
-    time.sleep(0.3)  # TorchServe publishes the handler's metrics a moment after the answers
-    delta = counter_delta(before, servers.counters(series, model.name))
-    point.update(concurrency=concurrency, server=breakdown(series.server, delta))
-    return point
-
-
 def measure_served(result: dict, targets: list[tuple[str, ModelUnderTest, str, Path]], args) -> None:
     """Build every (model, format) into one root, start the servers once, measure each; stop them always."""
     with tempfile.TemporaryDirectory(prefix="maas-formats-") as tmp:
@@ -155,7 +148,9 @@ def measure_served(result: dict, targets: list[tuple[str, ModelUnderTest, str, P
                 for key, protocol, as_served in series:
                     points, target = {}, as_served(model)
                     for c in (LOW_C, HIGH_C):
-                        point = measure_point(servers, protocol, target, c, args, done * 64)
+                        point = servers.measure(
+                            SERIES_BY_KEY[protocol], target.name, target.workload, c, args, done * 64
+                        )
                         points[f"c{c}"] = point
                         done += 1
                         print(f"[{done:>3}/{total}] {target.name:<24} {SERIES_BY_KEY[protocol].label:<16} c={c:<3}"
@@ -224,6 +219,7 @@ def parse_args(argv=None):
     parser.add_argument("--ensembles", action="store_true",
                         help="also serve each format as a Triton ensemble (Python backend) and compare")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports")
+    add_client_argument(parser)
     args = parser.parse_args(argv)
     unknown = [f for f in args.formats if f not in FORMATS]
     if unknown:

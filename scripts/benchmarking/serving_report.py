@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scripts.benchmarking.in_process import in_process_ms_at
 from scripts.benchmarking.server_metrics import describe_served
-from scripts.benchmarking.serving_targets import NAIVE_CONCURRENCY, TARGET_TEXT, point_at
+from scripts.benchmarking.serving_targets import NAIVE_CONCURRENCY, TARGET_TEXT, point_at, variant_of
 
 
 def number(value, digits: int = 1) -> str:
@@ -21,7 +21,7 @@ def summary_rows(result: dict) -> list[list[str]]:
     for model, data in result["models"].items():
         b1 = next((p for p in data["in_process"] if p["batch_size"] == 1), {})
         for key, series in data["series"].items():
-            if series["naive"]:
+            if variant_of(series):
                 continue
             peak = max(series["points"], key=lambda p: p["throughput"])
             c1, c16 = point_at(series, 1) or {}, point_at(series, NAIVE_CONCURRENCY) or {}
@@ -56,7 +56,7 @@ def targets_table(result: dict) -> str:
     for t in result["targets"]:
         what, unit, op = TARGET_TEXT[t["target"]]
         label = result["models"][t["model"]]["series"][t["series"]]["label"]
-        verdict = f"**{t['verdict']}**" if t["verdict"] != "n/a" else "n/a (text-model target)"
+        verdict = f"**{t['verdict']}**" if t["verdict"] != "n/a" else "n/a (another task's target)"
         rows.append([t["model"], label, what, f"{op} {t['goal']:g}{unit}", f"{t['measured']:.2f}{unit}", verdict,
                      t["detail"]])  # fmt: skip
     return table(["model", "server", "target", "goal", "measured", "verdict", "how"], rows)
@@ -73,7 +73,9 @@ def render_markdown(result: dict) -> str:
         "# Benchmark: in-process limit, TorchServe and Triton, batched and naive",
         "",
         f"`{meta['command']}` - {meta['date']}, {meta.get('wall_s', '?')} s wall. {meta['machine']}; client and "
-        f"servers share the machine (load average at start: {load_average(meta)}). Closed loop, one item per request, "
+        f"servers share the machine (load average at start: {load_average(meta)}). Closed loop, one item per "
+        f"request (HTTP client: {meta.get('http_client', 'python')}; gRPC: Python; each point gives the cores the "
+        "client and the server used), "
         f"{meta['warmup_s']} s warm-up + {meta['duration_s']} s per point (TorchServe warmed with "
         f"{meta['torchserve_warmup_requests']} requests first). Serving overrides: {overrides}. Naive = the same "
         "model built with `max_batch_size` 1 (one request per forward pass).",
@@ -108,10 +110,12 @@ def render_markdown(result: dict) -> str:
         out += ["", "Served:", ""]
         rows = [
             [series["label"], p["concurrency"], number(p["throughput"]), number(p["p50_ms"], 2), number(p["p90_ms"], 2),
-             number(p["p99_ms"], 2), p["errors"], number(p["server"].get("avg_batch"))]
+             number(p["p99_ms"], 2), p["errors"], number(p["server"].get("avg_batch")), p.get("client", "python"),
+             number(p.get("client_cores"), 2), number(p.get("server_cores"), 2)]
             for series in data["series"].values() for p in series["points"]
         ]  # fmt: skip
-        header = ["server", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "avg batch"]
+        header = ["server", "concurrency", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "avg batch", "client",
+                  "client cores", "server cores"]  # fmt: skip
         out += [table(header, rows), ""]
     out += ["![throughput against concurrency](benchmark.png)", ""]
     return "\n".join(out)
@@ -166,7 +170,8 @@ def plot(result: dict, path: Path) -> None:
         for key, series in data["series"].items():
             xs = [p["concurrency"] for p in series["points"]]
             ys = [p["throughput"] for p in series["points"]]
-            style, color = "--" if series["naive"] else "-", _COLORS[key.removesuffix("_naive")]
+            variant = variant_of(series)
+            style, color = STYLES[variant], _COLORS[key.removesuffix(f"_{variant}")]
             ax.plot(xs, ys, style, marker="o", markersize=3, label=series["label"], color=color)
         best = max(data["in_process"], key=lambda p: p["items_per_s"])
         ax.axhline(best["items_per_s"], color="black", linestyle=":",
@@ -184,6 +189,7 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+STYLES = {"": "-", "naive": "--", "ceiling": ":"}
 _COLORS = {"torchserve_rest": "tab:orange", "triton_http": "tab:blue", "triton_grpc": "tab:green"}
 
 
