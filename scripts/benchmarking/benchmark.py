@@ -57,7 +57,7 @@ from scripts.benchmarking.server_metrics import breakdown, served_settings, sum_
 from scripts.benchmarking.serving_report import summary_table, targets_table, write_reports
 from scripts.benchmarking.serving_targets import evaluate_targets
 from scripts.benchmarking.workloads import model_under_test
-from scripts.packaging.build import build, for_server
+from scripts.packaging.build import build, for_server, served_artifact
 
 CONCURRENCY = (1, 4, 16, 32)  # 1 and 16 are where the targets and the time breakdown are read
 
@@ -80,6 +80,8 @@ CONCURRENCY = (1, 4, 16, 32)  # 1 and 16 are where the targets and the time brea
 def run(args) -> dict:
     run_started = time.perf_counter()
     models = [model_under_test(name) for name in args.models]
+    # The in-process limit is measured on what the servers serve: the task's default format (an export).
+    served = {model.name: served_artifact(model.artifact) for model in models}
     series = [s for s in SERIES if s.variant == "" or getattr(args, s.variant)]
     total_points = len(models) * len(series) * len(args.concurrency)
     result = {
@@ -101,7 +103,10 @@ def run(args) -> dict:
                 server: {k: v for k, v in for_server(manifest, server, o).serving.items() if k not in SERVERS}
                 for server, o in per_server(args.serving).items()
             },
-            "in_process_passes": [measure_in_process(model, seconds=args.in_process_seconds)],
+            "format": read_manifest(served[model.name]).model["format"],
+            "in_process_passes": [
+                measure_in_process(model, seconds=args.in_process_seconds, artifact=served[model.name])
+            ],  # fmt: skip
             "series": {},
         }
 
@@ -157,7 +162,9 @@ def run(args) -> dict:
     print("in-process limit again, the servers stopped")
     for model in models:
         data = result["models"][model.name]
-        data["in_process_passes"].append(measure_in_process(model, seconds=args.in_process_seconds))
+        data["in_process_passes"].append(
+            measure_in_process(model, seconds=args.in_process_seconds, artifact=served[model.name])
+        )
         data["in_process"] = best_of(data["in_process_passes"])
     result["meta"]["wall_s"] = round(time.perf_counter() - run_started, 1)
     result["targets"] = evaluate_targets(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -14,9 +15,11 @@ from scripts.benchmarking.workloads import ModelUnderTest
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
-def measure_in_process(model: ModelUnderTest, batch_sizes=BATCH_SIZES, seconds: float = 2.0) -> list[dict]:
-    """``handle_tensors`` on ``b`` one-item requests per call, for ``seconds`` per batch size after a warm-up."""
-    pipeline = load_pipeline(model.artifact)
+def measure_in_process(model: ModelUnderTest, batch_sizes=BATCH_SIZES, seconds: float = 2.0,
+                       artifact: Path | None = None) -> list[dict]:  # fmt: skip
+    """``handle_tensors`` on ``b`` one-item requests per call, for ``seconds`` per batch size after a warm-up;
+    ``artifact``: the one the servers serve (an export), when it is not ``model.artifact``."""
+    pipeline = load_pipeline(artifact or model.artifact)
     items = itertools.count()
 
     def calls(b: int, seconds: float) -> list[float]:

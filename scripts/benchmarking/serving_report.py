@@ -100,7 +100,8 @@ def render_markdown(result: dict) -> str:
                 f"{server}: " + ", ".join(f"{k}={v}" for k, v in serving.items())
                 for server, serving in data["serving"].items()
             )
-        out += [f"## {model}", "", f"Requests: {data['requests']}. {settings}.", ""]
+        served_format = f"Model format: {data['format']} (in process and served). " if "format" in data else ""
+        out += [f"## {model}", "", f"{served_format}Requests: {data['requests']}. {settings}.", ""]
         out += ["In-process (`handle_tensors`, b one-item requests per call; the limit is the better of a pass "
                 "before the servers start and one after they stop):", ""]  # fmt: skip
         out.append(table(["batch size", "items/s", "ms per batch (p50)", "items/s per pass"],

@@ -45,6 +45,15 @@ def for_server(manifest: Manifest, server: str, overrides: dict | None) -> Manif
     return replace(manifest, serving={**serving, **serving.get(server, {}), **(overrides or {})})
 
 
+def served_artifact(artifact_dir: Path, fmt: str | None = None) -> Path:
+    """The artifact a build packages: an eager artifact's verified export to ``fmt`` (default: the task's entry in
+    ``DEFAULT_FORMATS``), written once and reused; any other artifact as it is."""
+    manifest = read_manifest(artifact_dir)
+    if manifest.model.get("format") != "eager":
+        return artifact_dir
+    return export(artifact_dir, fmt or DEFAULT_FORMATS.get(manifest.task, "eager"), manifest=manifest)
+
+
 def build(
     artifact_dir: Path,
     model_store: Path | None = MODEL_STORE,
@@ -63,11 +72,9 @@ def build(
     ``triton_ensemble`` (a backend of ``scripts.packaging.triton_ensemble.BACKENDS``) writes an ensemble with the
     network on that backend instead of one Python model.
     """
+    artifact_dir = served_artifact(artifact_dir, fmt)
     manifest = read_manifest(artifact_dir)
-    if manifest.model.get("format") == "eager":
-        artifact_dir = export(artifact_dir, fmt or DEFAULT_FORMATS.get(manifest.task, "eager"), manifest=manifest)
-        manifest = read_manifest(artifact_dir)
-    elif fmt not in (None, manifest.model.get("format")):
+    if fmt not in (None, manifest.model.get("format")):
         origin = ("was imported as such and is served in that format" if "imported_from" in manifest.model
                   else f"is an export; build --format {fmt} from the eager artifact it came from")  # fmt: skip
         raise ValueError(f"{artifact_dir} holds a {manifest.model.get('format')} model: it {origin}")
