@@ -126,10 +126,7 @@ def run(args) -> dict:
                         write_ceiling_artifact(model.artifact, ceiling, f"{model.name}_ceiling")
                     build(ceiling, **where, serving=serving, fmt="eager")
             result["models"][model.name]["served"] = {
-                name: served_settings(root, name)
-                for name in [model.name]
-                + [f"{model.name}_naive"] * args.naive
-                + [f"{model.name}_ceiling"] * args.ceiling
+                name: served_settings(root, name) for name in dict.fromkeys(served_name(model.name, s) for s in series)
             }
         servers = Servers(root)
         try:

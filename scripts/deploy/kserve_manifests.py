@@ -99,7 +99,6 @@ def inference_service(model: str, server: str, storage_uri: str, scaling: Scalin
 
 def serving_runtime(name: str, model_format: kserve.V1alpha1SupportedModelFormat, container: k8s.V1Container,
                     protocols: list[str], metrics_port: int, server_type: str):  # fmt: skip
-    container.name = "kserve-container"
     container.security_context = k8s.V1SecurityContext(
         run_as_non_root=True, allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
     )

@@ -25,13 +25,17 @@ def read_properties(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
 
 
+def torchserve_body(probe: dict) -> tuple[bytes, str]:
+    """A probe's TorchServe request: body bytes and content type (``scripts/serving/probe.py`` uses it too)."""
+    wire = probe["torchserve"]
+    if "base64" in wire:
+        return base64.b64decode(wire["base64"]), "application/octet-stream"
+    return json.dumps(wire["json"]).encode(), "application/json"
+
+
 def probe_request(url: str, mar: Path) -> urllib.request.Request:
     with zipfile.ZipFile(mar) as archive:
-        wire = json.loads(archive.read("probe.json"))["torchserve"]
-    if "base64" in wire:
-        body, content_type = base64.b64decode(wire["base64"]), "application/octet-stream"
-    else:
-        body, content_type = json.dumps(wire["json"]).encode(), "application/json"
+        body, content_type = torchserve_body(json.loads(archive.read("probe.json")))
     return urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
 
 

@@ -21,6 +21,7 @@ from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from handlers.artifact import Manifest, decode_row
 from handlers.self_check import SELF_CHECK_NAME
+from scripts.deploy.maas_probe import torchserve_body  # noqa: F401 (standard library only: a pod runs it alone)
 
 PROBE_NAME = "probe.json"
 
@@ -61,14 +62,6 @@ def decode_tensor(record: dict) -> np.ndarray:
         values = [base64.b64decode(v) for v in record["base64"]]
         return np.array(values, dtype=np.object_).reshape(record["shape"])
     return np.array(record["data"], dtype=triton_to_np_dtype(record["datatype"])).reshape(record["shape"])
-
-
-def torchserve_body(probe: dict) -> tuple[bytes, str]:
-    """The probe's TorchServe request: body bytes and content type."""
-    wire = probe["torchserve"]
-    if "base64" in wire:
-        return base64.b64decode(wire["base64"]), "application/octet-stream"
-    return json.dumps(wire["json"]).encode(), "application/json"
 
 
 def triton_inputs(probe: dict) -> dict[str, np.ndarray]:
