@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -105,7 +106,10 @@ def test_triton_corrupt_image_in_the_same_dynamic_batch(triton, pngs):
     assert isinstance(error, InferenceServerException) and "could not decode the image" in error.message()
     assert error.status() == "StatusCode.INVALID_ARGUMENT"
     assert all(not isinstance(r, Exception) for r in results[:-1])
-    after = _triton_counts(url, key)
+    # Triton records an execution's statistics after sending its answers: wait (bounded) for them to settle.
+    deadline = time.monotonic() + 10
+    while (after := _triton_counts(url, key))[0] - stats_before[0] < 16 and time.monotonic() < deadline:
+        time.sleep(0.1)
     requests, executions = (now - before for now, before in zip(after, stats_before, strict=True))
     assert requests == 16 and executions < requests, "concurrent requests should share executions"
     assert triton_grpc.InferenceServerClient(url).is_model_ready("digits")
