@@ -138,6 +138,7 @@ class Pipeline(ABC):
             self.device,
             list(self.MODEL_INPUTS),
             lambda: self.eager_module(self.manifest, self.artifact_dir),
+            int(self.manifest.serving.get("threads", 0)),
         )
 
     def forward(self, batch: Any) -> Any:
@@ -262,14 +263,22 @@ class Pipeline(ABC):
                 results[i] = self._error(exc)
         return results
 
+    def forward_groups(self, features: list[Any]) -> list[list[int]]:
+        """Which rows of a batch share a forward pass (indices into ``features``): all of them here. A task whose
+        rows are padded to the longest (text) splits a batch where padding costs more than a pass."""
+        return [list(range(len(features)))]
+
     def _forward_split(self, features: dict[int, list[Any]], timings: BatchTimings) -> dict[int, list[Any]]:
         flat = [f for rows in features.values() for f in rows]
-        start = time.perf_counter()
-        outputs = self.forward(self.collate(flat))
-        middle = time.perf_counter()
-        per_row = self.postprocess(outputs)
-        timings.forward_ms += (middle - start) * 1e3
-        timings.postprocess_ms += (time.perf_counter() - middle) * 1e3
+        per_row: list[Any] = [None] * len(flat)
+        for group in self.forward_groups(flat):
+            start = time.perf_counter()
+            outputs = self.forward(self.collate([flat[k] for k in group]))
+            middle = time.perf_counter()
+            for k, result in zip(group, self.postprocess(outputs), strict=True):
+                per_row[k] = result
+            timings.forward_ms += (middle - start) * 1e3
+            timings.postprocess_ms += (time.perf_counter() - middle) * 1e3
         results, offset = {}, 0
         for i, rows in features.items():
             results[i] = per_row[offset : offset + len(rows)]

@@ -13,6 +13,8 @@
     maas deploy check DIR                re-validate them (kserve SDK models) after an edit
     maas samples                         send sample requests to the running servers
     maas bench serving|formats|int8      the benchmarks (reports/)
+    maas bench profile                   py-spy on each server's worker under wrk load (reports/profile/)
+    maas bench ab --a KEY=V [--b KEY=V]  two serving settings served at once, measured interleaved (reports/ab/)
 
 ``maas COMMAND --help`` shows each command's options and an example. Each command is the ``main`` of a module
 under ``scripts/`` (``python -m scripts.X`` runs the same code).
@@ -42,6 +44,8 @@ COMMANDS = {
     ("bench", "serving"): "scripts.benchmarking.benchmark",
     ("bench", "formats"): "scripts.benchmarking.benchmark_formats",
     ("bench", "int8"): "scripts.benchmarking.int8_recipes",
+    ("bench", "profile"): "scripts.benchmarking.profile_servers",
+    ("bench", "ab"): "scripts.benchmarking.ab",
 }
 
 

@@ -7,8 +7,13 @@ Contracts
 
 Each text is tokenized alone, so an empty, non-string or non-UTF-8 item is that request's 400 and nobody else's.
 Texts longer than the manifest's ``max_length`` tokens are truncated (the head is kept), as in training; a text over
-``max_text_chars`` characters is refused with 413 before tokenizing. A batch is padded to its longest text, not to
-``max_length``, and runs as one forward pass.
+``max_text_chars`` characters is refused with 413 before tokenizing.
+
+Length groups: a server batch is sorted by length and cut into consecutive groups, each padded to its own longest
+text, where that costs less than one pass padded to the batch's longest. The cost of a group is ``call_cost_tokens
++ rows x longest``; the cut is the exact minimum (dynamic programming over the sorted lengths). Measured on the
+int8 MiniLM (2 cores): a pass costs ~3.5 ms plus ~0.14 ms per padded token, so ``call_cost_tokens`` defaults to
+24; a manifest may set ``serving.call_cost_tokens`` (a huge value: one pass per batch, as before).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from handlers.artifact import Manifest
@@ -29,6 +35,25 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()  # progress bars would flood the servers' logs at every model load
+
+CALL_COST_TOKENS = 24  # what one forward pass costs, in padded tokens (module docstring)
+
+
+def length_groups(lengths: list[int], call_cost: float) -> list[list[int]]:
+    """Indices into ``lengths``, sorted by length and cut into consecutive groups so that the sum over groups of
+    ``call_cost + rows x longest`` is least (an optimal cut of this cost is always consecutive in sorted order)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ordered = np.array([lengths[i] for i in order], dtype=np.float64)
+    best, cut = np.zeros(len(order) + 1), np.zeros(len(order) + 1, dtype=np.int64)
+    for end in range(1, len(order) + 1):  # best[end]: the least cost of the first ``end`` sorted rows
+        costs = best[:end] + call_cost + (end - np.arange(end)) * ordered[end - 1]
+        cut[end] = int(np.argmin(costs))
+        best[end] = costs[cut[end]]
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = int(cut[end])
+    return groups[::-1]
 
 
 class LogitsOnly(torch.nn.Module):
@@ -50,14 +75,18 @@ class TextClassifier(TextInput, Classifier):
         self.max_length = int(manifest.preprocess.get("max_length", 128))
         self.tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self.call_cost_tokens = float(manifest.serving.get("call_cost_tokens", CALL_COST_TOKENS))
 
     # ---- the model ----------------------------------------------------------------------------------
     def preprocess(self, row: Any) -> list[int]:
         text = self.validate_text(row)
         return self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
 
+    def forward_groups(self, features: list[list[int]]) -> list[list[int]]:
+        return length_groups([len(ids) for ids in features], self.call_cost_tokens)
+
     def collate(self, features: list[list[int]]) -> dict[str, torch.Tensor]:
-        """Pad to the longest text of this batch (right padding, as the tokenizer was trained)."""
+        """Pad to the longest text of these rows (right padding, as the tokenizer was trained)."""
         longest = max(len(ids) for ids in features)
         input_ids = torch.full((len(features), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(features), longest), dtype=torch.long)

@@ -15,6 +15,7 @@ import httpx
 import torch
 import tritonclient.http as triton_http
 
+from scripts.benchmarking.grpc_load import grpc_point
 from scripts.benchmarking.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
 from scripts.benchmarking.server_metrics import (
     TORCHSERVE_COUNTERS,
@@ -25,6 +26,7 @@ from scripts.benchmarking.server_metrics import (
     scrape,
 )  # fmt: skip
 from scripts.benchmarking.wrk_load import HttpTarget, tree_cpu_seconds, wrk_point
+from scripts.packaging.build import build
 from scripts.serving.servers import bearer, free_port, start_torchserve, stop_process
 from scripts.serving.triton_server import TritonPorts, start_triton
 
@@ -117,13 +119,17 @@ class Servers:
         """The server's top process (TorchServe's frontend; the Triton supervisor): its tree holds the workers."""
         return [(self.torchserve if series.server == "torchserve" else self.triton).process.pid]
 
-    def measure(self, series: Series, model: str, workload: Workload, concurrency: int, args, offset: int) -> dict:
-        """One closed-loop point, with the server's own counters and the cores each side used. ``args.client``:
-        ``wrk`` for HTTP (TorchServe REST, Triton HTTP), or ``python`` (loadgen's async clients; always for gRPC)."""
-        before = self.counters(series, model)
+    def measure(self, series: Series, model: str, under_test, concurrency: int, args, offset: int) -> dict:
+        """One closed-loop point on the served ``model``, with the server's own counters and the cores each side
+        used. ``args.client``: ``wrk`` (HTTP from wrk, gRPC from ``args.grpc_processes`` Python processes), or
+        ``python`` (loadgen's async clients in this process, for every protocol)."""
+        before, workload = self.counters(series, model), under_test.workload
         if args.client == "wrk" and series.protocol in ("rest", "http"):
             target = http_target(series, model, workload, self.torchserve, self.triton_ports.http)
             point = wrk_point(target, concurrency, args.duration, args.warmup, offset, self.pids(series))
+        elif args.client == "wrk":
+            point = grpc_point(f"127.0.0.1:{self.triton_ports.grpc}", under_test.artifact, model, concurrency,
+                               args.duration, args.warmup, offset, self.pids(series), args.grpc_processes)  # fmt: skip
         else:
             make_client = lambda: self.client(series, model, workload, concurrency)  # noqa: E731
             client_before, servers_before = (
@@ -177,8 +183,10 @@ def served_name(model: str, series: Series) -> str:
 
 def add_client_argument(parser) -> None:
     parser.add_argument("--client", choices=["wrk", "python"], default="wrk",
-                        help="HTTP load generator: wrk (C, default; installed from Debian's packages when missing) or "
-                        "python (loadgen's async clients, which saturate first); gRPC always uses python")  # fmt: skip
+                        help="wrk (default): HTTP from wrk (C; installed from Debian's packages when missing), gRPC "
+                        "from --grpc-processes Python processes; python: loadgen's async clients in one process, "
+                        "which saturate first")  # fmt: skip
+    parser.add_argument("--grpc-processes", type=int, default=2, help="gRPC client processes (default 2)")
 
 
 def run_meta(module: str, args) -> dict:
@@ -224,6 +232,15 @@ def per_server(overrides: dict) -> dict[str, dict]:
         for target in [server] if server else SERVERS:
             split[target][name] = value
     return split
+
+
+def build_for_both(artifact: Path, root: Path, overrides: dict, **options) -> None:
+    """Build ``artifact`` into ``root``'s model store and Triton repository, with ``per_server`` overrides."""
+    for server, serving in per_server(overrides).items():
+        where = {"model_store": root / "model_store", "triton_repository": None}
+        if server == "triton":
+            where = {"model_store": None, "triton_repository": root / "model_repository"}
+        build(artifact, **where, serving=serving, **options)
 
 
 def interrupt(signum, frame):

@@ -138,7 +138,7 @@ def run(args) -> dict:
                     name, deltas, points = served_name(model.name, s), [], []
                     for c in args.concurrency:
                         started = time.perf_counter()
-                        point = servers.measure(s, name, model.workload, c, args, done * 64)
+                        point = servers.measure(s, name, model, c, args, done * 64)
                         points.append(point)
                         deltas.append(point["counters"])
                         done += 1

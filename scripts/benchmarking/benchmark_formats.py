@@ -148,9 +148,7 @@ def measure_served(result: dict, targets: list[tuple[str, ModelUnderTest, str, P
                 for key, protocol, as_served in series:
                     points, target = {}, as_served(model)
                     for c in (LOW_C, HIGH_C):
-                        point = servers.measure(
-                            SERIES_BY_KEY[protocol], target.name, target.workload, c, args, done * 64
-                        )
+                        point = servers.measure(SERIES_BY_KEY[protocol], target.name, target, c, args, done * 64)
                         points[f"c{c}"] = point
                         done += 1
                         print(f"[{done:>3}/{total}] {target.name:<24} {SERIES_BY_KEY[protocol].label:<16} c={c:<3}"

@@ -107,8 +107,10 @@ class TritonClient:
         await self.client.close()
 
 
-async def closed_loop(client, concurrency: int, duration: float, warmup: float, offset: int = 0) -> dict:
-    """Run ``concurrency`` workers back to back for ``warmup + duration`` seconds; summarize the window."""
+async def closed_loop(client, concurrency: int, duration: float, warmup: float, offset: int = 0,
+                      keep_latencies: bool = False) -> dict:  # fmt: skip
+    """Run ``concurrency`` workers back to back for ``warmup + duration`` seconds; summarize the window (with
+    every latency when ``keep_latencies``: points from several processes are merged by ``grpc_load``)."""
     latencies: list[float] = []
     errors, first_error = 0, None
     start = time.perf_counter() + warmup
@@ -133,6 +135,8 @@ async def closed_loop(client, concurrency: int, duration: float, warmup: float, 
     summary = summarize(latencies, duration, errors)
     if first_error:
         summary["first_error"] = first_error
+    if keep_latencies:
+        summary["latencies_ms"] = latencies
     return summary
 
 

@@ -44,15 +44,17 @@ def evaluate_targets(result: dict) -> list[dict]:
                 "detail": f"{peak['throughput']:.1f} req/s at c={peak['concurrency']}, avg batch {batch:.1f}; "
                 f"in-process {reference:.1f} items/s at that batch",
             })  # fmt: skip
-            c1 = point_at(series, 1)
+            c1, ceiling = point_at(series, 1), all_series.get(f"{key}_ceiling")
             if c1 and b1 and c1["p50_ms"] is not None:
+                # The ceiling's own c=1 p50 is the least any model can add on this server, protocol and client.
+                floor = ceiling and point_at(ceiling, 1)
                 targets.append({
                     "model": model, "series": key, "target": "latency_c1",
                     "measured": c1["p50_ms"] - b1["ms_per_batch_p50"], "goal": LATENCY_GOAL_MS[server],
                     "higher_is_better": False, "applies": True,
-                    "detail": f"p50 {c1['p50_ms']:.2f} ms - in-process b1 {b1['ms_per_batch_p50']:.2f} ms",
+                    "detail": f"p50 {c1['p50_ms']:.2f} ms - in-process b1 {b1['ms_per_batch_p50']:.2f} ms"
+                    + (f"; the ceiling's own c=1 p50: {floor['p50_ms']:.2f} ms" if floor else ""),
                 })  # fmt: skip
-            ceiling = all_series.get(f"{key}_ceiling")
             if ceiling:
                 top = max(ceiling["points"], key=lambda p: p["throughput"])
                 targets.append({

@@ -97,3 +97,8 @@ def model_under_test(name: str, held_out_required: bool = False) -> ModelUnderTe
     if held_out_required and not (artifact / HELD_OUT_NAME).is_file():
         raise SystemExit(f"{artifact / HELD_OUT_NAME} is missing (still training?): the exports are checked on it")
     return WORKLOADS[task](name, artifact)
+
+
+def load_workload(artifact: Path) -> Workload:
+    """The workload ``model_under_test`` builds for this artifact (its task's), in another process."""
+    return WORKLOADS[read_manifest(artifact).task](artifact.name, artifact).workload

@@ -24,7 +24,7 @@ from handlers.artifact import Manifest, read_manifest
 from handlers.formats import FORMATS
 from scripts import MODEL_STORE, TRITON_REPOSITORY
 from scripts.packaging.export import ExportRejected, export
-from scripts.packaging.torchserve_archive import build_mar
+from scripts.packaging.torchserve_archive import build_mar, workers
 from scripts.packaging.triton_ensemble import BACKENDS, build_triton_ensemble
 from scripts.packaging.triton_repository import build_triton_model
 
@@ -93,7 +93,9 @@ def build(
                 artifact_dir, triton_manifest, triton_repository, name, python_env, triton_ensemble
             )
         else:
-            path = build_triton_model(artifact_dir, triton_manifest, triton_repository, name, python_env)
+            path = build_triton_model(
+                artifact_dir, triton_manifest, triton_repository, name, python_env, workers(triton_manifest.serving)
+            )
         seconds["triton"] = time.perf_counter() - start
         print(f"built {path} in {seconds['triton']:.1f}s")
     return seconds

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+from handlers.artifact import MANIFEST_NAME
 from scripts import HANDLERS_DIR
 
 
-def copy_runtime(artifact_dir: Path, destination: Path, without: str | None = None) -> None:
+def copy_runtime(artifact_dir: Path, destination: Path, serving: dict, without: str | None = None) -> None:
     """Copy the ``handlers`` package and the artifact (as ``artifact/``, less the file ``without``) into
-    ``destination``."""
+    ``destination``, its manifest's ``serving`` replaced by the build's (per-server sections and ``--serving``
+    overrides applied), so the handlers run with the settings the server configs were built from."""
     shutil.copytree(HANDLERS_DIR, destination / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copytree(artifact_dir, destination / "artifact", ignore=lambda _, names: [n for n in names if n == without])
+    manifest_path = destination / "artifact" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["serving"] = serving
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def entry_point_source(docstring: str, body: str) -> str:

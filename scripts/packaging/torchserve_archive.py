@@ -28,11 +28,19 @@ ENTRY_POINT = entry_point_source(
 )
 
 
+def workers(serving: dict) -> int:
+    """Processes running the model: TorchServe workers, Triton instances (``serving.workers``, default 1)."""
+    count = int(serving.get("workers", 1))
+    if count < 1:
+        raise ValueError(f"serving.workers must be at least 1, not {count}")
+    return count
+
+
 def torchserve_model_config(manifest: Manifest) -> dict:
     serving = manifest.serving
     return {
-        "minWorkers": 1,
-        "maxWorkers": 1,
+        "minWorkers": workers(serving),
+        "maxWorkers": workers(serving),
         "batchSize": int(serving.get("max_batch_size", 1)),
         # Measured (reports/benchmark.md): 1 ms keeps single requests fast and batches fill from the queue under
         # load; 0 is a trap, TorchServe then waits ~100 ms for every batch.
@@ -45,7 +53,7 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"mar-{name}-") as tmp:
         stage = Path(tmp) / "stage"
-        copy_runtime(artifact_dir, stage)
+        copy_runtime(artifact_dir, stage, manifest.serving)
         write_probe(artifact_dir, manifest, stage)
         config_file = Path(tmp) / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(torchserve_model_config(manifest)))

@@ -130,7 +130,8 @@ def build_triton_ensemble(
         version_dir = model_dir / "1"
         version_dir.mkdir(parents=True)
         if config.backend == "python":  # a stage: the runtime, and the artifact (the network only where it runs)
-            copy_runtime(artifact_dir, version_dir, without=None if model_name.endswith("_network") else model_file)
+            without = None if model_name.endswith("_network") else model_file
+            copy_runtime(artifact_dir, version_dir, manifest.serving, without=without)
             (version_dir / "model.py").write_text(STAGE_ENTRY_POINT)
         elif config.platform != "ensemble":  # the native backend's model file, under the name it expects
             suffix = ".pt" if config.platform == "pytorch_libtorch" else ".onnx"

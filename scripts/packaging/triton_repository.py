@@ -72,7 +72,7 @@ def build_triton_model(
         shutil.rmtree(model_dir)
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True)
-    copy_runtime(artifact_dir, version_dir)
+    copy_runtime(artifact_dir, version_dir, manifest.serving)
     write_probe(artifact_dir, manifest, version_dir)
     (version_dir / "model.py").write_text(ENTRY_POINT)
     config = model_config(manifest, artifact_dir, name, python_env, instances)

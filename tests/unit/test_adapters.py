@@ -38,7 +38,8 @@ def test_torchserve_handler_sets_status_per_request(built, held_out_digits):
     assert context.metrics.totals["MaasForwardMs"] > 0
 
 
-def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digits):
+def triton_digits_model(built):
+    """The Triton adapter, initialised on the built digits repository with the stand-in pb_utils."""
     pb = install_fake_pb_utils()
     from handlers.triton_model import TritonPythonModel
 
@@ -60,6 +61,11 @@ def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digit
             "model_version": "1",
         }
     )
+    return pb, model
+
+
+def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digits):
+    pb, model = triton_digits_model(built)
     images = held_out_digits[0][:3]
     good = pb.InferenceRequest([pb.Tensor("PIXELS", images.astype(np.float32))])
     bad = pb.InferenceRequest([pb.Tensor("IMAGE", np.array([[b"junk"]], dtype=np.object_))])
@@ -73,3 +79,22 @@ def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digit
     assert pb.MetricFamily.totals[rows_key] - rows_before == 3
     loaded = [m for level, m in pb.Logger.logged if level == "info" and "self-check" in m]  # in the server's log
     assert loaded and "passed" in loaded[-1]
+
+
+def test_triton_metrics_are_sent_at_most_every_flush_interval_and_none_is_lost(built, held_out_digits, monkeypatch):
+    pb, model = triton_digits_model(built)
+    import handlers.triton_model as triton_model  # after the stand-in pb_utils is installed
+
+    clock = [1000.0]
+    monkeypatch.setattr(triton_model.time, "monotonic", lambda: clock[0])
+    rows_key = ("maas_rows_total", (("model", "digits"),))
+    before = pb.MetricFamily.totals.get(rows_key, 0)
+    request = lambda n: pb.InferenceRequest([pb.Tensor("PIXELS", held_out_digits[0][:n].astype(np.float32))])  # noqa: E731
+    model.execute([request(2)])  # the first batch is sent at once
+    assert pb.MetricFamily.totals[rows_key] - before == 2
+    clock[0] += triton_model.METRICS_FLUSH_S / 2
+    model.execute([request(3)])  # within the interval: kept, not sent
+    assert pb.MetricFamily.totals[rows_key] - before == 2
+    clock[0] += triton_model.METRICS_FLUSH_S
+    model.execute([request(1)])  # the interval passed: everything kept is sent
+    assert pb.MetricFamily.totals[rows_key] - before == 6

@@ -12,7 +12,7 @@ import torch
 
 import scripts.packaging.export as export_module
 from handlers.artifact import read_held_out, read_manifest
-from handlers.formats import FILES, FORMATS
+from handlers.formats import FILES, FORMATS, load_runner
 from handlers.nets import ResidualBlock
 from handlers.tasks import load_pipeline
 from scripts.packaging.acceptance import CRITERIA, ExportRejected
@@ -135,3 +135,12 @@ def test_an_artifact_without_held_out_rows_says_how_to_fix_it(artifacts, tmp_pat
     (artifact / "pipeline.json").write_text(json.dumps(manifest))
     with pytest.raises(FileNotFoundError, match="retrain the model"):
         export(artifact, "onnx")
+
+
+def test_serving_threads_sets_the_runtime_threads_of_one_forward_pass(artifacts):
+    out = export(artifacts["digits"], "onnx")  # reused when the parametrized test above made it
+    manifest = read_manifest(out)
+    runner = load_runner(manifest.model, out, "cpu", ["pixels"], eager=None, threads=1)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match="serving.threads must be 0"):
+        load_runner(manifest.model, out, "cpu", ["pixels"], eager=None, threads=-1)

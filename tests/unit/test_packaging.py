@@ -64,6 +64,20 @@ def test_per_server_settings_and_the_naive_build(digits_artifact, tmp_path):
     with zipfile.ZipFile(tmp_path / "store" / "naive.mar") as mar:
         assert yaml.safe_load(mar.read("model-config.yaml"))["batchSize"] == 1
 
+    build(digits_artifact, tmp_path / "store", tmp_path / "repo", name="two", serving={"workers": 2})
+    two = text_format.Parse((tmp_path / "repo" / "two" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert [(g.kind, g.count) for g in two.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    with zipfile.ZipFile(tmp_path / "store" / "two.mar") as mar:
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert config["minWorkers"] == config["maxWorkers"] == 2
+    # the handlers run with the build's settings too: the packaged manifest carries them
+    with zipfile.ZipFile(tmp_path / "store" / "two.mar") as mar:
+        assert json.loads(mar.read("artifact/pipeline.json"))["serving"]["workers"] == 2
+    assert read_manifest(tmp_path / "repo" / "two" / "1" / "artifact").serving["workers"] == 2
+    assert read_manifest(digits_artifact).serving.get("workers") is None  # the artifact itself is untouched
+    with pytest.raises(ValueError, match="serving.workers must be at least 1, not 0"):
+        build(digits_artifact, tmp_path / "store", None, name="none", serving={"workers": 0})
+
     manifest = read_manifest(digits_artifact)
     manifest.serving = {"max_batch_delay_ms": 5, "triton": {"max_batch_delay_ms": 2}}
     assert for_server(manifest, "triton", None).serving["max_batch_delay_ms"] == 2

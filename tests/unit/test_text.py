@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from handlers.tasks import load_pipeline
+from handlers.tasks.text import length_groups
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,48 @@ def test_long_text_is_truncated_and_batches_pad_to_their_longest(pipeline):
     assert batch["attention_mask"].sum().item() == len(pipeline.preprocess("short")) + batch["input_ids"].shape[1]
 
 
-def test_padding_does_not_change_answers(pipeline):
+def test_padding_does_not_change_answers(pipeline, monkeypatch):
+    monkeypatch.setattr(pipeline, "call_cost_tokens", 1e9)  # one pass per batch: the short text is padded
     alone = pipeline.handle_json([{"text": "short and sweet"}])[0][1]
     padded = pipeline.handle_json([{"text": "short and sweet"}, {"text": "a much longer review " * 10}])[0][1]
     assert alone["probability"] == pytest.approx(padded["probability"], abs=1e-5)
+
+
+def group_cost(lengths, groups, call_cost):
+    return sum(call_cost + len(g) * max(lengths[i] for i in g) for g in groups)
+
+
+def partitions(items):
+    """Every way to cut a sorted list into consecutive groups."""
+    if not items:
+        yield []
+        return
+    for cut in range(1, len(items) + 1):
+        for rest in partitions(items[cut:]):
+            yield [items[:cut], *rest]
+
+
+@given(st.lists(st.integers(1, 128), max_size=7), st.sampled_from([0, 1, 24, 1e9]))
+def test_length_groups_are_a_least_cost_partition(lengths, call_cost):
+    groups = length_groups(lengths, call_cost)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = min((group_cost(lengths, p, call_cost) for p in partitions(order)), default=0)
+    assert group_cost(lengths, groups, call_cost) == pytest.approx(best)
+    if call_cost == 1e9 and lengths:
+        assert len(groups) == 1
+
+
+def test_a_batch_runs_in_length_groups_and_answers_in_order(pipeline, monkeypatch):
+    texts = ["ok", "a long and winding review of a film that never ends " * 4, "fine", "dull " * 40, "great"]
+    alone = [pipeline.handle_json([{"text": t}])[0][1] for t in texts]
+    widths = []
+    forward = pipeline.forward
+    monkeypatch.setattr(pipeline, "forward", lambda batch: widths.append(batch["input_ids"].shape) or forward(batch))
+    together = pipeline.handle_json([{"text": t} for t in texts])
+    lengths = [len(pipeline.preprocess(t)) for t in texts]
+    assert len(widths) == len(length_groups(lengths, pipeline.call_cost_tokens)) > 1
+    assert sum(rows for rows, _ in widths) == len(texts) and max(w for _, w in widths) == max(lengths)
+    for (status, answer), expected in zip(together, alone, strict=True):
+        assert status == 200 and answer["label"] == expected["label"]
+        assert answer["probability"] == pytest.approx(expected["probability"], abs=1e-5)
