@@ -3,6 +3,8 @@
     maas train digits|text|image|tabular ...   train an example or your own model into an artifact
     maas import hf DIR --out ARTIFACT    import a Hugging Face sequence-classification checkpoint
     maas import torchscript|onnx FILE    import an image classifier (--labels, --input-size, --mean/--std ...)
+    maas compress distill ARTIFACT --layers K   a student with K transformer layers, taught by the model
+    maas compress prune ARTIFACT --keep F       keep a fraction F of each layer's feed-forward neurons
     maas export ARTIFACT --format F      export to torchscript | onnx | onnx_int8 (verified)
     maas build ARTIFACT [...]            package for TorchServe (model_store/) and Triton (model_repository/)
     maas check ARTIFACT --input FILE...  requests through both servers' handlers in process, side by side
@@ -34,6 +36,8 @@ COMMANDS = {
     ("import", "hf"): "scripts.training.import_hf",
     ("import", "torchscript"): "scripts.training.import_image",
     ("import", "onnx"): "scripts.training.import_image:main_onnx",
+    ("compress", "distill"): "scripts.compression.distill",
+    ("compress", "prune"): "scripts.compression.prune",
     ("export",): "scripts.packaging.export",
     ("build",): "scripts.packaging.build",
     ("check",): "scripts.serving.check",

@@ -32,7 +32,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
 from scripts import ARTIFACTS_DIR  # noqa: E402
-from scripts.training.common import seed_everything, write_artifact  # noqa: E402
+from scripts.training.common import seed_everything, warmup_linear_schedule, write_artifact  # noqa: E402
 from scripts.training.text_data import LABELS, DataError, read_labelled_texts, sentiment_split  # noqa: E402
 
 MAX_LENGTH = 128
@@ -85,10 +85,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
 
     steps = epochs * math.ceil(len(train_texts) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup)))
-    )
+    schedule = warmup_linear_schedule(optimizer, steps)
     print(f"fine-tuning {base_name} on {len(train_texts)} texts ({len(labels)} labels) for {epochs} epoch(s), "
           f"{steps} steps; holding out {len(test_texts)}")  # fmt: skip
     start, step = time.perf_counter(), 0
