@@ -17,6 +17,7 @@
     maas bench serving|formats|int8      the benchmarks (reports/)
     maas bench profile                   py-spy on each server's worker under wrk load (reports/profile/)
     maas bench ab --a KEY=V [--b KEY=V]  two serving settings served at once, measured interleaved (reports/ab/)
+    maas bench compression               a model and its compressed students: size, accuracy, speed (reports/)
 
 ``maas COMMAND --help`` shows each command's options and an example. Each command is the ``main`` of a module
 under ``scripts/`` (``python -m scripts.X`` runs the same code).
@@ -50,6 +51,7 @@ COMMANDS = {
     ("bench", "int8"): "scripts.benchmarking.int8_recipes",
     ("bench", "profile"): "scripts.benchmarking.profile_servers",
     ("bench", "ab"): "scripts.benchmarking.ab",
+    ("bench", "compression"): "scripts.benchmarking.compression_table",
 }
 
 
