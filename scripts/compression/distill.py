@@ -23,15 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts import ARTIFACTS_DIR
-from scripts.compression.kd import (
-    MAX_ACCURACY_DROP,
-    CompressionError,
-    finish,
-    load_teacher,
-    soft_labels,
-    teach,
-    training_texts,
-)  # fmt: skip
+from scripts.compression.kd import MAX_ACCURACY_DROP, CompressionError, load_teacher, teach_and_write, training_texts
 
 LAYER_KEY = re.compile(r"^(.*\.layer\.)(\d+)(\..*)$")  # BERT, RoBERTa, ELECTRA: encoder.layer.N; DistilBERT too
 
@@ -65,15 +57,12 @@ def distill(artifact: Path, layers: int, out: Path, epochs: int = 2, lr: float =
     manifest, teacher, tokenizer = load_teacher(artifact)
     kept = kept_layers(teacher.config.num_hidden_layers, layers)
     student = make_student(teacher, kept)
-    max_length = int(manifest.preprocess.get("max_length", 128))
     texts = training_texts(manifest, data, text_column, train_size)
     print(f"distilling {artifact.name} ({teacher.config.num_hidden_layers} layers) into {len(kept)} layers "
           f"(teacher's layers {kept}) on {len(texts)} texts, {epochs} epoch(s)")  # fmt: skip
-    seconds = teach(student, tokenizer, texts, soft_labels(teacher, tokenizer, texts, max_length), max_length,
-                    epochs, lr, seed)  # fmt: skip
     method = {"method": "distillation", "teacher": artifact.name, "teacher_layers": kept}
-    return finish(teacher, student, tokenizer, artifact, manifest, out, method, texts, epochs, seconds, seed, data,
-                  max_accuracy_drop)  # fmt: skip
+    return teach_and_write(teacher, student, tokenizer, artifact, manifest, out, method, texts, epochs, lr, seed,
+                           data, max_accuracy_drop)  # fmt: skip
 
 
 def add_common_arguments(parser, epochs: int = 2, lr: float = 1e-4) -> None:

@@ -86,10 +86,10 @@ def teach(student, tokenizer, texts: list[str], teacher_logits: torch.Tensor, ma
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
     schedule = warmup_linear_schedule(optimizer, steps)
     bar = tqdm(total=steps, desc="teaching", unit="step", disable=None, leave=False)
-    start = time.perf_counter()
+    start, step = time.perf_counter(), 0
     for _ in range(epochs):
         student.train()
-        for i, idx in enumerate(np.array_split(np.random.permutation(len(texts)), steps // epochs)):
+        for idx in np.array_split(np.random.permutation(len(texts)), steps // epochs):
             batch = tokenizer([texts[j] for j in idx], truncation=True, max_length=max_length, padding=True,
                               return_tensors="pt")  # fmt: skip
             log_p = F.log_softmax(student(**batch).logits / temperature, dim=-1)
@@ -100,8 +100,9 @@ def teach(student, tokenizer, texts: list[str], teacher_logits: torch.Tensor, ma
             optimizer.step()
             schedule.step()
             bar.update()
-            if (i + 1) % 50 == 0:
-                tqdm.write(f"step {bar.n}/{steps} distillation loss {loss.item():.4f} "
+            step += 1
+            if step % 50 == 0 or step == steps:  # also where there is no terminal (tqdm's bar is off there)
+                tqdm.write(f"step {step}/{steps} distillation loss {loss.item():.4f} "
                            f"({time.perf_counter() - start:.0f}s)")  # fmt: skip
     bar.close()
     student.eval()
@@ -150,10 +151,17 @@ def write_student(student, tokenizer, teacher_artifact: Path, manifest: Manifest
     return student_manifest
 
 
-def finish(teacher, student, tokenizer, artifact: Path, manifest: Manifest, out: Path, method: dict, texts: list,
-           epochs: int, seconds: float, seed: int, data: Path | None, max_drop: float) -> Manifest:  # fmt: skip
-    """Judge the student (``judge_student``), then write it with its ``compression`` record (``method`` and the
-    acceptance figures) and how it was trained."""
+def teach_and_write(teacher, student, tokenizer, artifact: Path, manifest: Manifest, out: Path, method: dict,
+                    texts: list, epochs: int, lr: float, seed: int, data: Path | None,
+                    max_drop: float) -> Manifest:  # fmt: skip
+    """Teach the student (``teach``, on the teacher's soft labels; no epochs: as it is), judge it
+    (``judge_student``), then write it with its ``compression`` record (``method`` and the acceptance figures)
+    and how it was trained."""
+    max_length = int(manifest.preprocess.get("max_length", 128))
+    seconds = 0.0
+    if epochs:
+        logits = soft_labels(teacher, tokenizer, texts, max_length)
+        seconds = teach(student, tokenizer, texts, logits, max_length, epochs, lr, seed)
     report = judge_student(teacher, student, tokenizer, artifact, manifest.labels, max_drop)
     training = {"train_rows": len(texts), "epochs": epochs, "train_seconds": round(seconds, 1), "seed": seed,
                 "data": str(data) if data else manifest.metrics.get("data")}  # fmt: skip

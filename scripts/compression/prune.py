@@ -21,16 +21,9 @@ from pathlib import Path
 import torch
 
 from scripts import ARTIFACTS_DIR
+from scripts.compression import kd
 from scripts.compression.distill import add_common_arguments
-from scripts.compression.kd import (
-    MAX_ACCURACY_DROP,
-    CompressionError,
-    finish,
-    load_teacher,
-    soft_labels,
-    teach,
-    training_texts,
-)  # fmt: skip
+from scripts.compression.kd import CompressionError
 
 
 def feed_forward_pairs(model) -> list[tuple[object, str, str]]:
@@ -104,22 +97,20 @@ def set_submodule(root, path: str, module) -> None:
 
 def prune(artifact: Path, keep: float, out: Path, epochs: int = 1, lr: float = 5e-5, seed: int = 0,
           data: Path | None = None, text_column: str = "text", train_size: int | None = None,
-          max_accuracy_drop: float = MAX_ACCURACY_DROP, calibration_texts: int = 512):  # fmt: skip
-    manifest, teacher, tokenizer = load_teacher(artifact)
-    _, student, _ = load_teacher(artifact)  # a second copy, pruned in place
+          max_accuracy_drop: float = kd.MAX_ACCURACY_DROP, calibration_texts: int = 512):  # fmt: skip
+    manifest, teacher, tokenizer = kd.load_teacher(artifact)
+    _, student, _ = kd.load_teacher(artifact)  # a second copy, pruned in place
     max_length = int(manifest.preprocess.get("max_length", 128))
-    texts = training_texts(manifest, data, text_column, train_size)
+    texts = kd.training_texts(manifest, data, text_column, train_size)
     importance = neuron_importance(student, tokenizer, texts[:calibration_texts], max_length)
     width = len(importance[0])
     kept = prune_feed_forward(student, importance, keep)
     print(f"pruned {artifact.name}: {kept} of {width} feed-forward neurons kept in each of {len(importance)} "
           f"layers; recovering with {epochs} epoch(s) of distillation on {len(texts)} texts")  # fmt: skip
-    seconds = teach(student, tokenizer, texts, soft_labels(teacher, tokenizer, texts, max_length), max_length,
-                    epochs, lr, seed) if epochs else 0.0  # fmt: skip
     method = {"method": "feed-forward pruning", "teacher": artifact.name, "kept_neurons": kept, "of_neurons": width,
               "importance": "mean |activation| x output-weight L2 norm"}  # fmt: skip
-    return finish(teacher, student, tokenizer, artifact, manifest, out, method, texts, epochs, seconds, seed, data,
-                  max_accuracy_drop)  # fmt: skip
+    return kd.teach_and_write(teacher, student, tokenizer, artifact, manifest, out, method, texts, epochs, lr, seed,
+                              data, max_accuracy_drop)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
