@@ -15,7 +15,7 @@ import httpx
 import torch
 import tritonclient.http as triton_http
 
-from scripts.benchmarking.grpc_load import grpc_point
+from scripts.benchmarking.grpc_load import GrpcLoad
 from scripts.benchmarking.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
 from scripts.benchmarking.server_metrics import (
     TORCHSERVE_COUNTERS,
@@ -68,7 +68,7 @@ class Servers:
 
     def __init__(self, root: Path):
         self.root = root
-        self.torchserve = self.triton = None
+        self.torchserve = self.triton = self.grpc = None
         self.triton_ports = TritonPorts(free_port(), free_port(), free_port())
 
     def start(self) -> None:
@@ -81,6 +81,9 @@ class Servers:
               f"in {time.perf_counter() - started:.0f}s")  # fmt: skip
 
     def stop(self) -> None:
+        if self.grpc is not None:
+            self.grpc.close()
+            self.grpc = None
         if self.torchserve is not None:
             stop_process(self.torchserve.process)
             self.torchserve = None
@@ -128,8 +131,9 @@ class Servers:
             target = http_target(series, model, workload, self.torchserve, self.triton_ports.http)
             point = wrk_point(target, concurrency, args.duration, args.warmup, offset, self.pids(series))
         elif args.client == "wrk":
-            point = grpc_point(f"127.0.0.1:{self.triton_ports.grpc}", under_test.artifact, model, concurrency,
-                               args.duration, args.warmup, offset, self.pids(series), args.grpc_processes)  # fmt: skip
+            self.grpc = self.grpc or GrpcLoad(args.grpc_processes)
+            point = self.grpc.point(f"127.0.0.1:{self.triton_ports.grpc}", under_test.artifact, model, concurrency,
+                                    args.duration, args.warmup, offset, self.pids(series))  # fmt: skip
         else:
             make_client = lambda: self.client(series, model, workload, concurrency)  # noqa: E731
             client_before, servers_before = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.benchmarking.bench_servers import SERIES_BY_KEY, http_target
-from scripts.benchmarking.grpc_load import grpc_point, split
+from scripts.benchmarking.grpc_load import GrpcLoad, split
 from scripts.benchmarking.workloads import image_model, text_model
 from scripts.benchmarking.wrk_load import wrk_point
 
@@ -23,19 +23,24 @@ def test_wrk_sends_answerable_requests_to_both_servers(torchserve, triton, digit
     assert point["server_cores"] > 0.05  # the server's process tree did the work
 
 
-def test_grpc_load_from_two_processes_merges_their_points(triton, digits_artifact):
-    point = grpc_point(f"127.0.0.1:{triton.grpc}", digits_artifact, "digits", concurrency=3, duration=1, warmup=0.2,
-                       offset=0, server_pids=[triton.process.pid], processes=2)  # fmt: skip
-    assert point["errors"] == 0 and point["completed"] > 10, point
-    assert point["client"] == "python x2" and len(point["client_process_cores"]) == 2
-    assert all(0 < cores < 1.5 for cores in point["client_process_cores"])  # each process measured its own CPU
-    assert point["server_cores"] > 0.05 and point["p50_ms"] <= point["p99_ms"]
-
-
-def test_grpc_load_reports_a_client_process_that_cannot_start(triton, tmp_path):
-    with pytest.raises(RuntimeError, match="a gRPC client process failed"):
-        grpc_point(f"127.0.0.1:{triton.grpc}", tmp_path / "missing", "digits", concurrency=2, duration=1, warmup=0,
-                   offset=0, server_pids=[triton.process.pid], processes=2)  # fmt: skip
+def test_grpc_load_from_two_processes_merges_their_points_and_reports_a_failure(triton, digits_artifact, tmp_path):
+    load = GrpcLoad(processes=2)
+    try:
+        for _ in range(2):  # the second point reuses the processes and their workload
+            point = load.point(f"127.0.0.1:{triton.grpc}", digits_artifact, "digits", concurrency=3, duration=1,
+                               warmup=0.2, offset=0, server_pids=[triton.process.pid])  # fmt: skip
+            assert point["errors"] == 0 and point["completed"] > 10, point
+            assert point["client"] == "python x2" and len(point["client_process_cores"]) == 2
+            assert all(0 < cores < 1.5 for cores in point["client_process_cores"])  # each measured its own CPU
+            assert point["server_cores"] > 0.05 and point["p50_ms"] <= point["p99_ms"]
+        with pytest.raises(RuntimeError, match="a gRPC client process failed"):
+            load.point(f"127.0.0.1:{triton.grpc}", tmp_path / "missing", "digits", concurrency=2, duration=1,
+                       warmup=0, offset=0, server_pids=[triton.process.pid])  # fmt: skip
+        point = load.point(f"127.0.0.1:{triton.grpc}", digits_artifact, "digits", concurrency=2, duration=1,
+                           warmup=0, offset=0, server_pids=[triton.process.pid])  # fmt: skip
+        assert point["errors"] == 0 and point["completed"] > 0  # the processes survived the failed point
+    finally:
+        load.close()
 
 
 def test_connections_are_split_evenly_and_no_process_is_idle():
