@@ -60,7 +60,7 @@ def decode_inputs(request: dict) -> dict[str, np.ndarray]:
                 array = np.array([v.encode() if isinstance(v, str) else v for v in values], dtype=np.object_)
             else:
                 array = values.astype(DTYPES[datatype])
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a number the datatype cannot hold
             raise InvalidInput(f"input {name}: data is not {datatype}: {exc}") from None
         tensors[name] = array.reshape(shape)
     return tensors

@@ -1,4 +1,5 @@
-"""Cross-request batching on the real tasks: one forward pass per server batch, same answers as one by one."""
+"""Cross-request batching on the real tasks: one forward pass per server batch (text: per length group, across
+requests), same answers as one by one."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from handlers.tasks import load_pipeline
+from handlers.tasks.text import length_groups
 from scripts.serving.samples import digit_png
 
 
@@ -22,10 +24,11 @@ def count_forward_passes(pipeline) -> list[int]:
     return sizes
 
 
-def stacked_and_alone(pipeline, requests):
+def stacked_and_alone(pipeline, requests, passes: list[int] | None = None):
+    """``passes``: the rows of each forward pass expected (default: one pass for the whole batch)."""
     sizes = count_forward_passes(pipeline)
     together = pipeline.handle_tensors(requests)
-    assert sizes == [sum(len(next(iter(r.values()))) for r in requests)], "one forward pass for the whole batch"
+    assert sizes == (passes or [sum(len(next(iter(r.values()))) for r in requests)])
     alone = [pipeline.handle_tensors([r])[0] for r in requests]
     return together, alone
 
@@ -42,11 +45,12 @@ def test_image_requests_share_one_forward_pass_with_the_same_answers(digits_arti
         np.testing.assert_allclose(t["PROBABILITIES"], a["PROBABILITIES"], atol=1e-6)
 
 
-def test_text_requests_share_one_forward_pass_with_the_same_answers(text_artifact, held_out_sentences):
+def test_text_requests_share_a_forward_pass_per_length_group_with_the_same_answers(text_artifact, held_out_sentences):
     pipeline = load_pipeline(text_artifact)
     texts = held_out_sentences[0]
     requests = [{"TEXT": np.array([[t] for t in texts[i : i + 2]], dtype=np.object_)} for i in range(0, 16, 2)]
-    together, alone = stacked_and_alone(pipeline, requests)
+    groups = length_groups([len(pipeline.preprocess(t)) for t in texts[:16]], pipeline.call_cost_tokens)
+    together, alone = stacked_and_alone(pipeline, requests, [len(g) for g in groups])  # across requests
     for t, a in zip(together, alone, strict=True):
         np.testing.assert_array_equal(t["LABEL"], a["LABEL"])
         # padding to the batch's longest text changes float rounding only

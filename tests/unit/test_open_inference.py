@@ -59,6 +59,7 @@ def test_text_as_v2_strings_and_only_the_outputs_asked_for(text):
         ({"name": "PIXELS", "shape": [1, 8, 8], "datatype": "FP99", "data": [0.0] * 64}, "unknown datatype 'FP99'"),
         ({"name": "PIXELS", "shape": [1, -8, 8], "datatype": "FP32", "data": [0.0] * 64}, "non-negative integers"),
         ({"name": "PIXELS", "shape": [1, 8, 8], "datatype": "FP32", "data": ["x"] * 64}, "data is not FP32"),
+        ({"name": "PIXELS", "shape": [], "datatype": "UINT8", "data": 9.3e18}, "data is not UINT8"),  # hypothesis
         ({"name": "PIXELS", "shape": [1, 8, 8], "datatype": "FP32"}, "got no data"),
         ("PIXELS", "inputs[0] must be an object"),
         ({"name": "WRONG", "shape": [1, 1], "datatype": "BYTES", "data": ["x"]}, "IMAGE"),
