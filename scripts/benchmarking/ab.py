@@ -24,18 +24,15 @@ from pathlib import Path
 from scripts import REPO_ROOT
 from scripts.benchmarking.bench_servers import SERIES_BY_KEY, Servers, add_client_argument, build_for_both, interrupt
 from scripts.benchmarking.workloads import model_under_test
+from scripts.packaging.build import parse_settings
 
 POINT_KEYS = ("throughput", "p50_ms", "p99_ms", "errors", "client_cores", "server_cores")
 SERVER_KEYS = ("avg_batch", "forward_ms_per_row")  # the server's own metrics: the batch it formed, forward time
 
 
-def settings(items: list[str]) -> dict:
-    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
-
-
 def run(args) -> dict:
     model = model_under_test(args.model)
-    variants = {"a": settings(args.a), "b": settings(args.b)}
+    variants = {"a": parse_settings(args.a), "b": parse_settings(args.b)}
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="maas-ab-") as tmp:
         root = Path(tmp)

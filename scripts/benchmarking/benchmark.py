@@ -28,7 +28,6 @@ measured within one run, not absolute figures across machines or runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -57,21 +56,9 @@ from scripts.benchmarking.server_metrics import breakdown, served_settings, sum_
 from scripts.benchmarking.serving_report import summary_table, targets_table, write_reports
 from scripts.benchmarking.serving_targets import evaluate_targets
 from scripts.benchmarking.workloads import model_under_test
-from scripts.packaging.build import build, for_server, served_artifact
+from scripts.packaging.build import build, for_server, parse_settings, served_artifact
 
 CONCURRENCY = (1, 4, 16, 32)  # 1 and 16 are where the targets and the time breakdown are read
-
-
-# ---- workloads -------------------------------------------------------------------------------------------
-
-
-# ---- in-process limit ------------------------------------------------------------------------------------
-
-
-# ---- server metrics --------------------------------------------------------------------------------------
-
-
-# ---- servers ---------------------------------------------------------------------------------------------
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -168,12 +155,6 @@ def run(args) -> dict:
     return result
 
 
-# ---- targets ---------------------------------------------------------------------------------------------
-
-
-# ---- reports ---------------------------------------------------------------------------------------------
-
-
 # ---- command line ----------------------------------------------------------------------------------------
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
@@ -201,7 +182,7 @@ def parse_args(argv=None):
     parser.add_argument("--in-process-seconds", type=float, default=2.0, help="seconds per batch size (default 2)")
     add_client_argument(parser)
     args = parser.parse_args(argv)
-    args.serving = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.serving)}
+    args.serving = parse_settings(args.serving)
     try:
         per_server(args.serving)
     except ValueError as exc:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from handlers.artifact import read_held_out
+from handlers.artifact import read_held_out, read_manifest
 from handlers.tasks import load_pipeline
 from scripts import ARTIFACTS_DIR, REPO_ROOT
 from scripts.benchmarking import benchmark_formats
@@ -95,8 +95,7 @@ def mark_pareto(rows: list[dict]) -> None:
 
 
 def read_compression(artifact: Path) -> dict | None:
-    metrics = json.loads((artifact / "pipeline.json").read_text()).get("metrics", {})
-    return metrics.get("compression")
+    return read_manifest(artifact).metrics.get("compression")
 
 
 def served_speed(row: dict) -> float | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from scripts import REPO_ROOT
 from scripts.benchmarking.bench_servers import SERIES_BY_KEY, Servers, build_for_both, http_target, interrupt
 from scripts.benchmarking.workloads import model_under_test
 from scripts.benchmarking.wrk_load import wrk_point
+from scripts.packaging.build import parse_settings
 
 WORKERS = {"torchserve": "model_service_worker", "triton": "triton_python_backend_stub"}
 RATE_HZ = 100  # at 250 Hz, Triton's c=1 throughput fell to 40 req/s from 96-114 unprofiled (2 cores)
@@ -128,7 +128,7 @@ def parse_args(argv=None):
     parser.add_argument("--serving", action="append", default=[], metavar="[SERVER.]KEY=VALUE",
                         help="override a serving setting of the build (as maas bench serving)")  # fmt: skip
     args = parser.parse_args(argv)
-    args.serving = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.serving)}
+    args.serving = parse_settings(args.serving)
     return args
 
 

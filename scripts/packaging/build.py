@@ -45,6 +45,11 @@ def for_server(manifest: Manifest, server: str, overrides: dict | None) -> Manif
     return replace(manifest, serving={**serving, **serving.get(server, {}), **(overrides or {})})
 
 
+def parse_settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` serving overrides from a command line (values as JSON: ``max_batch_size=1``)."""
+    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def served_artifact(artifact_dir: Path, fmt: str | None = None) -> Path:
     """The artifact a build packages: an eager artifact's verified export to ``fmt`` (default: the task's entry in
     ``DEFAULT_FORMATS``), written once and reused; any other artifact as it is."""
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.name and len(args.artifacts) > 1:
         parser.error("--name needs exactly one artifact")
-    serving = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.serving)}
+    serving = parse_settings(args.serving)
     for artifact in tqdm(
         args.artifacts, desc="building", unit="model", disable=None if len(args.artifacts) > 1 else True
     ):
