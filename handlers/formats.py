@@ -7,6 +7,7 @@ format           file                    run by
 ``torchscript``  ``model.pt``             ``torch.jit.load`` (traced, frozen)
 ``onnx``         ``model.onnx``           ONNX Runtime, fp32
 ``onnx_int8``    ``model.int8.onnx``      ONNX Runtime, weights quantized to int8 (dynamic quantization)
+``onnx_int8_static`` ``model.qdq.onnx``   ONNX Runtime, weights and activations int8 (static, calibrated)
 ===============  ======================  =============================================================
 
 Every runner takes the collated batch, a dict of named tensors in the task's ``MODEL_INPUTS`` order, and returns
@@ -23,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMATS = ("eager", "torchscript", "onnx", "onnx_int8")
-FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
+FORMATS = ("eager", "torchscript", "onnx", "onnx_int8", "onnx_int8_static")
+FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx",
+         "onnx_int8_static": "model.qdq.onnx"}  # fmt: skip
 OUTPUT_NAME = "output"
 
 

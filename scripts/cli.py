@@ -5,7 +5,7 @@
     maas import torchscript|onnx FILE    import an image classifier (--labels, --input-size, --mean/--std ...)
     maas compress distill ARTIFACT --layers K   a student with K transformer layers, taught by the model
     maas compress prune ARTIFACT --keep F       keep a fraction F of each layer's feed-forward neurons
-    maas export ARTIFACT --format F      export to torchscript | onnx | onnx_int8 (verified)
+    maas export ARTIFACT --format F      export: torchscript | onnx | onnx_int8[_static]
     maas build ARTIFACT [...]            package for TorchServe (model_store/) and Triton (model_repository/)
     maas check ARTIFACT --input FILE...  requests through both servers' handlers in process, side by side
     maas serve start|stop torchserve|triton|both

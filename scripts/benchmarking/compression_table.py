@@ -1,7 +1,8 @@
 """The compression table: a text model and its compressed students, each in several formats, side by side.
 
-    maas bench compression [--teacher sentiment] [--students sentiment-l3,sentiment-ffn50]
-                           [--formats eager,onnx,onnx_int8] [--out reports/compression] [formats benchmark options]
+    maas bench compression [--teacher sentiment] [--students sentiment-l3,sentiment-l2,sentiment-ffn50]
+                           [--formats eager,onnx_int8,onnx_int8_static] [--out reports/compression]
+                           [formats benchmark options]
 
 Runs the formats benchmark (``benchmark_formats.run``: export and verification, size, in-process items/s at batch 1
 and 32, served req/s at c=16 and p50 at c=1 on Triton gRPC and TorchServe REST, every variant served at once) on the
@@ -108,7 +109,7 @@ def evaluate(rows: list[dict], teacher: str) -> list[dict]:
     for name, baseline_format, which, min_speedup, max_loss in TARGETS:
         base = next((r for r in rows if r["model"] == teacher and r["format"] == baseline_format), None)
         candidates = [r for r in rows if r["compression"] and (which == "any" or (
-            r["compression"]["method"] == "distillation" and r["format"] == "onnx_int8"))]  # fmt: skip
+            r["compression"]["method"] == "distillation" and r["format"].startswith("onnx_int8")))]  # fmt: skip
         if base is None or not served_speed(base) or not candidates:
             outcomes.append({"target": name, "verdict": "not measured"})
             continue
@@ -151,8 +152,8 @@ def render(rows: list[dict], outcomes: list[dict], command: str, meta: dict) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="sentiment")
-    parser.add_argument("--students", default="sentiment-l3,sentiment-ffn50")
-    parser.add_argument("--formats", default="eager,onnx,onnx_int8")
+    parser.add_argument("--students", default="sentiment-l3,sentiment-l2,sentiment-ffn50")
+    parser.add_argument("--formats", default="eager,onnx_int8,onnx_int8_static")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "compression")
     args, rest = parser.parse_known_args(argv)  # the rest goes to the formats benchmark (--duration ...)
     signal.signal(signal.SIGTERM, interrupt)

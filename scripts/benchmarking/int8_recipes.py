@@ -23,7 +23,8 @@ import numpy as np
 from handlers.artifact import read_held_out
 from handlers.formats import OnnxRunner
 from handlers.tasks import load_pipeline
-from scripts.packaging.export import early_feed_forward, export, feed_forward_layers, quantize_int8
+from scripts.packaging.export import export
+from scripts.packaging.quantize import early_feed_forward, feed_forward_layers, quantize_int8
 
 RECIPES = {  # name -> (what is kept in fp32, quantize_dynamic options)
     "8-bit, all layers": ("none", {"reduce_range": False}),

@@ -49,6 +49,7 @@ CRITERIA = {
     "onnx": FP32,
     "onnx_int8": Criteria(max_deviation=0.3, q99_deviation=0.15, max_disagreement=0.05, max_metric_drop=0.01),
 }
+CRITERIA["onnx_int8_static"] = CRITERIA["onnx_int8"]
 
 
 class ExportRejected(RuntimeError):

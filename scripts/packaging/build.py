@@ -1,6 +1,6 @@
 """Package trained artifacts for both servers.
 
-    maas build artifacts/digits [artifacts/...] [--format eager|torchscript|onnx|onnx_int8] \
+    maas build artifacts/digits [artifacts/...] [--format eager|torchscript|onnx|onnx_int8|onnx_int8_static] \
         [--model-store model_store] [--triton-repository model_repository] [--only torchserve|triton]
 
 Each artifact becomes ``<model_store>/<name>.mar`` and ``<triton_repository>/<name>/``. The artifact's
@@ -24,6 +24,7 @@ from handlers.artifact import Manifest, read_manifest
 from handlers.formats import FORMATS
 from scripts import MODEL_STORE, TRITON_REPOSITORY
 from scripts.packaging.export import ExportRejected, export
+from scripts.packaging.quantize import CalibrationError
 from scripts.packaging.torchserve_archive import build_mar, workers
 from scripts.packaging.triton_ensemble import BACKENDS, build_triton_ensemble
 from scripts.packaging.triton_repository import build_triton_model
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         except ExportRejected as exc:
             raise SystemExit(f"{artifact}: export rejected, nothing built: {exc}") from None
+        except CalibrationError as exc:
+            raise SystemExit(f"{artifact}: cannot calibrate, nothing built: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -16,17 +16,15 @@ the held-out metric, with confidence bounds); a refused export writes nothing. A
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from tqdm import tqdm
 
@@ -36,15 +34,29 @@ from handlers.pipeline import Pipeline
 from handlers.self_check import record_self_check
 from handlers.tasks import load_pipeline
 from scripts.packaging.acceptance import CRITERIA, Criteria, ExportRejected, judge_classifier, judge_regressor
+from scripts.packaging.quantize import (
+    CalibrationError,
+    calibration_batches,
+    quantize_int8,
+    quantize_static_int8,
+    training_rows,
+)
 
 VERIFY_BATCH = 32
 ONNX_OPSET = 17
 
 
-def export(artifact_dir: Path, fmt: str, out: Path | None = None, manifest: Manifest | None = None) -> Path:
+def export(
+    artifact_dir: Path,
+    fmt: str,
+    out: Path | None = None,
+    manifest: Manifest | None = None,
+    calibration: Path | None = None,
+) -> Path:
     """Export ``artifact_dir`` to ``fmt`` (verified) and return the new artifact directory.
 
-    ``manifest``: the artifact's, when the caller has read (and so verified) it already.
+    ``manifest``: the artifact's, when the caller has read (and so verified) it already. ``calibration``: a JSONL
+    file of training rows for static int8 (``scripts/packaging/quantize.py``; default: the bundled training data).
     """
     artifact_dir = Path(artifact_dir)
     if fmt not in FORMATS:
@@ -64,11 +76,14 @@ def export(artifact_dir: Path, fmt: str, out: Path | None = None, manifest: Mani
     eager = load_pipeline(artifact_dir, manifest=manifest, self_check=False)  # verified already: no re-hashing
     rows, targets = read_held_out(artifact_dir)
     example = eager.collate([eager.preprocess(row) for row in rows[:2]])
+    batches = ()
+    if fmt == "onnx_int8_static":
+        batches = list(calibration_batches(eager, training_rows(manifest, calibration), eager.MODEL_INPUTS))
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staging = Path(tmp) / out.name
         shutil.copytree(artifact_dir, staging, ignore=lambda d, names: _eager_only(artifact_dir, d, names, manifest))
         module = eager.eager_module(manifest, artifact_dir)
-        write_network(module, eager.MODEL_INPUTS, example, fmt, staging / FILES[fmt])
+        write_network(module, eager.MODEL_INPUTS, example, fmt, staging / FILES[fmt], batches)
         model = {k: v for k, v in manifest.model.items() if k != "verification"}
         model |= {"format": fmt, "file": FILES[fmt], "exported_from": source_sha}
         staged = replace(manifest, model=model)
@@ -103,8 +118,14 @@ def _eager_only(artifact_dir: Path, directory: str, names: list[str], manifest) 
 
 # ---- writers ---------------------------------------------------------------------------------------------
 def write_network(
-    module: torch.nn.Module, inputs: dict[str, tuple[str, ...]], example: dict[str, torch.Tensor], fmt: str, path: Path
+    module: torch.nn.Module,
+    inputs: dict[str, tuple[str, ...]],
+    example: dict[str, torch.Tensor],
+    fmt: str,
+    path: Path,
+    calibration: Iterable[dict[str, np.ndarray]] = (),
 ) -> None:
+    """Write ``module`` as ``fmt`` to ``path``; ``calibration``: batches of inputs for static int8."""
     args = tuple(example[name] for name in inputs)
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
@@ -130,53 +151,10 @@ def write_network(
     module.eval()  # the legacy exporter leaves the module in train mode
     if fmt == "onnx_int8":
         quantize_int8(onnx_path, path)
+    elif fmt == "onnx_int8_static":
+        quantize_static_int8(onnx_path, path, list(calibration))
+    if onnx_path != path:
         onnx_path.unlink()
-
-
-# The feed-forward MatMuls of a transformer encoder layer, in the legacy exporter's node names for Hugging Face
-# models (BERT, RoBERTa, ELECTRA, DeBERTa, XLM-R: intermediate/output.dense; DistilBERT: ffn.lin1/lin2).
-FEED_FORWARD = re.compile(r"layer[./](\d+)/(?:intermediate/dense|output/dense|ffn/lin\d)/MatMul")
-
-
-def feed_forward_layers(onnx_path: Path) -> dict[str, int]:
-    """The feed-forward MatMul nodes of a transformer export, with their encoder layer's index (none elsewhere)."""
-    layers = {}
-    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
-        match = FEED_FORWARD.search(node.name)
-        if node.op_type == "MatMul" and match:
-            layers[node.name] = int(match.group(1))
-    return layers
-
-
-def early_feed_forward(layers: dict[str, int]) -> list[str]:
-    """Those of the first half of the encoder's layers."""
-    count = max(layers.values(), default=-1) + 1
-    return [name for name, layer in layers.items() if layer < (count + 1) // 2]
-
-
-def quantize_int8(source: Path, target: Path, keep_fp32: list[str] | None = None, **options) -> None:
-    """Dynamic int8 quantization: per-channel 7-bit weights, activations quantized per batch at run time.
-
-    Measured on the shipped sentiment model (README, "int8: what moves the answers"; ``maas bench int8``):
-    per-channel scales (per-tensor moved 5% of labels); ``reduce_range`` (7-bit weights) so that CPUs without
-    AVX-512 VNNI, whose u8 x s8 instruction saturates 16-bit sums, compute the same integers as CPUs with it; and
-    the feed-forward blocks of the first half of the encoder kept in fp32 (``keep_fp32``, by default): their
-    inputs carry the activation outliers that per-batch activation scales round worst. ``options`` override
-    ``quantize_dynamic``'s arguments (the recipes study).
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    excluded = early_feed_forward(feed_forward_layers(source)) if keep_fp32 is None else keep_fp32
-    # The quantizer's advice to pre-process first (quant_pre_process) goes to the root logger: silenced; measured
-    # on the text model, pre-processing gave the same answers and ran slower (224 vs 290 items/s at batch 1).
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                         **({"per_channel": True, "reduce_range": True} | options))  # fmt: skip
-    finally:
-        root.setLevel(level)
 
 
 # ---- verification ----------------------------------------------------------------------------------------
@@ -224,11 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("artifact", type=Path, help="an eager artifact directory (with pipeline.json)")
     parser.add_argument("--format", required=True, choices=FORMATS[1:])
     parser.add_argument("--out", type=Path, help="output directory (default: <artifact>.<format>)")
+    parser.add_argument("--calibration", type=Path, help="onnx_int8_static: JSONL training rows, one {\"input\": "
+                        "...} per line (default: the bundled training data, for the models trained here)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        export(args.artifact, args.format, args.out)
+        export(args.artifact, args.format, args.out, calibration=args.calibration)
     except ExportRejected as exc:
         raise SystemExit(f"export rejected: {exc}") from None
+    except CalibrationError as exc:
+        raise SystemExit(f"cannot calibrate: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
     <repository>/<name>_network/       onnxruntime_onnx (model.onnx), pytorch_libtorch (model.pt), or python
     <repository>/<name>_postprocess/   Python: the network's output -> LABEL / PROBABILITY / ... or VALUE
 
-``backend`` picks the network's runner: ``onnxruntime`` needs an onnx or onnx_int8 artifact, ``libtorch`` a
+``backend`` picks the network's runner: ``onnxruntime`` needs an onnx or onnx_int8(_static) artifact, ``libtorch`` a
 torchscript one, ``python`` runs any format with this project's runners. The tritonserver build on these machines
 has only the Python backend, so only ``python`` ensembles can be served here; the others are written the same way
 and their configs are checked against Triton's schema (``model_config_pb2``).
@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from handlers.artifact import Manifest, read_held_out
-from handlers.formats import OUTPUT_NAME
+from handlers.formats import FORMATS, OUTPUT_NAME
 from handlers.pipeline import TensorSpec
 from handlers.tasks import load_pipeline, pipeline_class
 from scripts.packaging.runtime import copy_runtime, entry_point_source
@@ -31,9 +31,9 @@ from scripts.serving.probe import write_probe
 
 # backend -> (Triton platform/backend, the artifact formats it runs, the network's output name there)
 BACKENDS = {
-    "onnxruntime": ("onnxruntime_onnx", ("onnx", "onnx_int8"), OUTPUT_NAME),
+    "onnxruntime": ("onnxruntime_onnx", ("onnx", "onnx_int8", "onnx_int8_static"), OUTPUT_NAME),
     "libtorch": ("pytorch_libtorch", ("torchscript",), "output__0"),  # the backend's naming convention for outputs
-    "python": ("python", ("eager", "torchscript", "onnx", "onnx_int8"), OUTPUT_NAME),
+    "python": ("python", FORMATS, OUTPUT_NAME),
 }
 DTYPES = {"torch.float32": "TYPE_FP32", "torch.int64": "TYPE_INT64"}
 STAGE_ENTRY_POINT = entry_point_source(

@@ -214,7 +214,7 @@ def test_prepare_format_reads_size_and_verification(tmp_path):
 def test_parse_args_defaults_and_unknown_format():
     args = parse_args([])
     assert args.models == ["sentiment", "digits", "breast_cancer"] and args.served is True
-    assert args.formats == ["eager", "torchscript", "onnx", "onnx_int8"]
+    assert args.formats == ["eager", "torchscript", "onnx", "onnx_int8", "onnx_int8_static"]
     args = parse_args(["--models", "digits,breast_cancer", "--duration", "2", "--no-served", "--formats", "eager,onnx"])
     assert args.models == ["digits", "breast_cancer"] and args.duration == 2.0 and not args.served
     with pytest.raises(SystemExit):

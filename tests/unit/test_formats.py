@@ -7,6 +7,7 @@ import shutil
 import zipfile
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from handlers.tasks import load_pipeline
 from scripts.packaging.acceptance import CRITERIA, ExportRejected
 from scripts.packaging.build import build
 from scripts.packaging.export import export
+from scripts.packaging.quantize import CalibrationError, early_feed_forward, feed_forward_layers
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,10 @@ def artifacts(digits_artifact, tabular_cases, tmp_path_factory):
 @pytest.mark.parametrize("fmt", FORMATS[1:])
 @pytest.mark.parametrize("name", ["digits", "wine"])
 def test_export_answers_like_eager_at_any_batch_size(artifacts, name, fmt):
-    out = export(artifacts[name], fmt)
+    # Static int8 is calibrated on held-out rows here only because the fixtures keep no training rows: this checks
+    # the mechanism, not the accuracy a real calibration gives.
+    calibration = artifacts[name] / "held_out.jsonl" if fmt == "onnx_int8_static" else None
+    out = export(artifacts[name], fmt, calibration=calibration)
     manifest = read_manifest(out)
     assert manifest.model["format"] == fmt and (out / FILES[fmt]).is_file()
     assert not (out / "model.safetensors").exists()  # the eager weights are not carried along
@@ -62,10 +67,10 @@ def test_a_current_export_is_reused_and_a_stale_one_replaced(artifacts):
 def test_an_export_that_deviates_is_refused_and_nothing_written(artifacts, tmp_path, monkeypatch):
     real = export_module.write_network
 
-    def broken(module, inputs, example, fmt, path):  # an export with one weight perturbed
+    def broken(module, inputs, example, fmt, path, *batches):  # an export with one weight perturbed
         with torch.no_grad():
             next(module.parameters()).add_(0.5)
-        real(module, inputs, example, fmt, path)
+        real(module, inputs, example, fmt, path, *batches)
 
     monkeypatch.setattr(export_module, "write_network", broken)
     with pytest.raises(ExportRejected, match="differ from the eager model's by up to"):
@@ -76,12 +81,12 @@ def test_an_export_that_deviates_is_refused_and_nothing_written(artifacts, tmp_p
 def test_a_label_swap_is_refused(artifacts, tmp_path, monkeypatch):
     real = export_module.write_network
 
-    def shuffled(module, inputs, example, fmt, path):  # swap two classes' output rows: a wrong label mapping
+    def shuffled(module, inputs, example, fmt, path, *batches):  # swap two classes' output rows: a wrong label mapping
         with torch.no_grad():
             last = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
             last.weight[[0, 1]] = last.weight[[1, 0]]
             last.bias[[0, 1]] = last.bias[[1, 0]]
-        real(module, inputs, example, fmt, path)
+        real(module, inputs, example, fmt, path, *batches)
 
     monkeypatch.setattr(export_module, "write_network", shuffled)
     with pytest.raises(ExportRejected) as refused:
@@ -93,11 +98,13 @@ def test_a_label_swap_is_refused(artifacts, tmp_path, monkeypatch):
 def test_a_dropped_layer_is_refused(artifacts, tmp_path, monkeypatch):
     real = export_module.write_network
 
-    def dropped(module, inputs, example, fmt, path):  # the first residual block (same shape in and out) skipped
+    def dropped(
+        module, inputs, example, fmt, path, *batches
+    ):  # the first residual block (same shape in and out) skipped
         name = next(name for name, child in module.named_modules() if isinstance(child, ResidualBlock))
         parent, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent), attr, torch.nn.Identity())
-        real(module, inputs, example, fmt, path)
+        real(module, inputs, example, fmt, path, *batches)
 
     monkeypatch.setattr(export_module, "write_network", dropped)
     with pytest.raises(ExportRejected, match="differ from the eager model's by up to"):
@@ -115,8 +122,9 @@ def test_build_format_flag_packages_the_verified_export(artifacts, tmp_path):
         build(artifacts["digits"].parent / "digits.onnx_int8", model_store=tmp_path, fmt="torchscript")
 
 
-def test_export_of_a_text_model_handles_any_sequence_length(text_artifact, exported):
-    artifact, out = text_artifact, exported("sentiment", "onnx_int8")
+@pytest.mark.parametrize("fmt", ["onnx_int8", "onnx_int8_static"])
+def test_export_of_a_text_model_handles_any_sequence_length(text_artifact, exported, fmt):
+    artifact, out = text_artifact, exported("sentiment", fmt)
     report = read_manifest(out).model["verification"]
     assert report["passed"] and report["held_out_rows"] > 100
     eager, exported = load_pipeline(artifact), load_pipeline(out)
@@ -124,7 +132,36 @@ def test_export_of_a_text_model_handles_any_sequence_length(text_artifact, expor
     expected = eager.handle_tensors([{"TEXT": np.array([[t.encode()]], dtype=np.object_)} for t in texts])
     got = exported.handle_tensors([{"TEXT": np.array([[t.encode()]], dtype=np.object_)} for t in texts])
     for e, g in zip(expected, got, strict=True):
-        assert np.abs(e["PROBABILITIES"] - g["PROBABILITIES"]).max() <= CRITERIA["onnx_int8"].max_deviation
+        assert np.abs(e["PROBABILITIES"] - g["PROBABILITIES"]).max() <= CRITERIA[fmt].max_deviation
+
+
+def test_static_int8_fixes_activation_ranges_and_keeps_the_early_feed_forward_in_fp32(exported):
+    out = exported("sentiment", "onnx_int8_static")  # calibrated on the bundled training sentences (the default)
+    graph = onnx.load(str(out / FILES["onnx_int8_static"])).graph
+    constants = {t.name for t in graph.initializer}
+    made_by = {output: node for node in graph.node for output in node.output}
+    # Activations are quantized with a scale fixed at export time (an initializer), not computed per batch.
+    activation_quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]
+    assert activation_quantizers and all(n.input[1] in constants for n in activation_quantizers)
+    assert not [n for n in graph.node if n.op_type == "DynamicQuantizeLinear"]
+    layers = feed_forward_layers(out / FILES["onnx_int8_static"])
+    early = set(early_feed_forward(layers))
+    assert early and len(early) < len(layers)
+    for node in graph.node:
+        if node.name in layers:
+            weight = made_by.get(node.input[1])
+            quantized = weight is not None and weight.op_type == "DequantizeLinear"
+            assert quantized == (node.name not in early), node.name
+
+
+def test_static_int8_without_calibration_rows_says_where_to_get_them(artifacts, tmp_path):
+    with pytest.raises(CalibrationError, match="pass --calibration FILE"):
+        export(artifacts["wine"], "onnx_int8_static", out=tmp_path / "wine.static")
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"input": {"alcohol": 13.2}}\n{"text": "no input key"}\n')
+    with pytest.raises(CalibrationError, match="line 2"):
+        export(artifacts["wine"], "onnx_int8_static", out=tmp_path / "wine.static", calibration=bad)
+    assert not (tmp_path / "wine.static").exists()
 
 
 def test_an_artifact_without_held_out_rows_says_how_to_fix_it(artifacts, tmp_path):
