@@ -1,6 +1,7 @@
 """The compression table: a text model and its compressed students, each in several formats, side by side.
 
-    maas bench compression [--teacher sentiment] [--students sentiment-l3,sentiment-l2,sentiment-ffn50]
+    maas bench compression [--teacher sentiment]
+                           [--students sentiment-l3,sentiment-l2,sentiment-ffn50,sentiment-l3-ffn50]
                            [--formats eager,onnx_int8,onnx_int8_static] [--out reports/compression]
                            [formats benchmark options]
 
@@ -96,7 +97,14 @@ def mark_pareto(rows: list[dict]) -> None:
 
 
 def read_compression(artifact: Path) -> dict | None:
-    return read_manifest(artifact).metrics.get("compression")
+    """The artifact's compression record, with ``lineage``: every method from the original model on (a pruned
+    distilled student: distillation, pruning)."""
+    record = read_manifest(artifact).metrics.get("compression")
+    if record:
+        teacher = artifact.parent / record["teacher"]
+        upstream = read_compression(teacher) if teacher.is_dir() else None
+        record = record | {"lineage": [*(upstream or {}).get("lineage", []), record["method"]]}
+    return record
 
 
 def served_speed(row: dict) -> float | None:
@@ -109,7 +117,7 @@ def evaluate(rows: list[dict], teacher: str) -> list[dict]:
     for name, baseline_format, which, min_speedup, max_loss in TARGETS:
         base = next((r for r in rows if r["model"] == teacher and r["format"] == baseline_format), None)
         candidates = [r for r in rows if r["compression"] and (which == "any" or (
-            r["compression"]["method"] == "distillation" and r["format"].startswith("onnx_int8")))]  # fmt: skip
+            "distillation" in r["compression"]["lineage"] and r["format"].startswith("onnx_int8")))]  # fmt: skip
         if base is None or not served_speed(base) or not candidates:
             outcomes.append({"target": name, "verdict": "not measured"})
             continue
@@ -152,12 +160,16 @@ def render(rows: list[dict], outcomes: list[dict], command: str, meta: dict) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="sentiment")
-    parser.add_argument("--students", default="sentiment-l3,sentiment-l2,sentiment-ffn50")
+    parser.add_argument("--students", default="sentiment-l3,sentiment-l2,sentiment-ffn50,sentiment-l3-ffn50")
     parser.add_argument("--formats", default="eager,onnx_int8,onnx_int8_static")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "compression")
     args, rest = parser.parse_known_args(argv)  # the rest goes to the formats benchmark (--duration ...)
     signal.signal(signal.SIGTERM, interrupt)
     models = [args.teacher, *(s for s in args.students.split(",") if s)]
+    missing = [m for m in models if not (ARTIFACTS_DIR / m / "pipeline.json").is_file()]
+    if missing:
+        raise SystemExit(f"no artifact {', '.join(missing)} in {ARTIFACTS_DIR}: train the teacher and make the "
+                         "students first (maas compress distill / prune; README, Compress a text model)")  # fmt: skip
     result = benchmark_formats.run(benchmark_formats.parse_args(["--models", ",".join(models), "--formats",
                                                                  args.formats, *rest]))  # fmt: skip
     write_reports(result, args.out)

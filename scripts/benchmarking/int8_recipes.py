@@ -6,7 +6,8 @@ Exports the artifact to fp32 ONNX (verified, reused when current), quantizes it 
 per recipe: the largest and 99th-percentile probability shift against fp32, label agreement, held-out accuracy,
 size, and in-process items/s at batch 1 and 32 (ONNX Runtime, spinning off, best of two passes). Batches of 32 are
 formed as the export verification forms them. The CPU's int8-relevant flags are printed first: int8 figures depend
-on them. ``scripts/packaging/export.py`` uses the recipe marked ``*``.
+on them. ``scripts/packaging/export.py`` uses the recipes marked ``*`` (dynamic: ``onnx_int8``; static, calibrated on
+256 training rows: ``onnx_int8_static``).
 """
 
 from __future__ import annotations
@@ -19,19 +20,39 @@ import time
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationMethod
 
 from handlers.artifact import read_held_out
 from handlers.formats import OnnxRunner
 from handlers.tasks import load_pipeline
 from scripts.packaging.export import export
-from scripts.packaging.quantize import early_feed_forward, feed_forward_layers, quantize_int8
+from scripts.packaging.quantize import (
+    calibration_batches,
+    early_feed_forward,
+    feed_forward_layers,
+    quantize_int8,
+    quantize_static_int8,
+    training_rows,
+)
 
-RECIPES = {  # name -> (what is kept in fp32, quantize_dynamic options)
-    "8-bit, all layers": ("none", {"reduce_range": False}),
-    "8-bit, per-tensor": ("none", {"reduce_range": False, "per_channel": False}),
-    "7-bit, all layers": ("none", {}),
-    "7-bit, early feed-forward fp32 *": ("early", {}),
-    "7-bit, all feed-forward fp32": ("all", {}),
+PERCENTILE = {"calibrate_method": CalibrationMethod.Percentile,
+              "extra_options": {"MatMulConstBOnly": True, "CalibPercentile": 99.99}}  # fmt: skip
+# name -> (dynamic or static, what is kept in fp32, quantize_dynamic / quantize_static options)
+RECIPES = {
+    "8-bit, all layers": ("dynamic", "none", {"reduce_range": False}),
+    "8-bit, per-tensor": ("dynamic", "none", {"reduce_range": False, "per_channel": False}),
+    "7-bit, all layers": ("dynamic", "none", {}),
+    "7-bit, early feed-forward fp32 *": ("dynamic", "early", {}),
+    "7-bit, all feed-forward fp32": ("dynamic", "all", {}),
+    "static, every operator (ONNX Runtime's default)": (
+        "static",
+        "none",
+        {"op_types_to_quantize": None, "extra_options": {}},
+    ),
+    "static 7-bit, all layers": ("static", "none", {}),
+    "static 8-bit, early feed-forward fp32": ("static", "early", {"reduce_range": False}),
+    "static 7-bit, early feed-forward fp32, percentile 99.99": ("static", "early", PERCENTILE),
+    "static 7-bit, early feed-forward fp32 *": ("static", "early", {}),
 }
 
 
@@ -44,7 +65,19 @@ def cpu_flags() -> str:
     return " ".join(sorted(flags)) or "none of avx2/avx512f/avx512_vnni/avx_vnni/amx_int8"
 
 
-def study(artifact: Path, speed_rows: int) -> list[dict]:
+def quantizer(kind: str, fp32, calibration: Path | None):
+    """``quantize(source, target, keep_fp32, **options)`` for a recipe's kind; static ones calibrate as the export
+    does (``scripts/packaging/quantize.py``), on training rows."""
+    if kind == "dynamic":
+        return quantize_int8
+    batches = list(calibration_batches(fp32, training_rows(fp32.manifest, calibration), fp32.MODEL_INPUTS))
+
+    return lambda source, target, keep_fp32, **options: quantize_static_int8(
+        source, target, batches, keep_fp32, **options
+    )
+
+
+def study(artifact: Path, speed_rows: int, calibration: Path | None = None) -> list[dict]:
     fp32 = load_pipeline(export(artifact, "onnx"), self_check=False)
     rows, targets = read_held_out(artifact)
     truth = np.array([fp32.labels.index(t) for t in targets])
@@ -71,9 +104,9 @@ def study(artifact: Path, speed_rows: int) -> list[dict]:
     results = [{"recipe": "fp32 (onnx)", **measure(fp32.forward, reference, reference, truth, source)}]
     results[0] |= speeds(fp32.forward, singles, batches, items_per_second)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (kept, options) in RECIPES.items():
+        for name, (kind, kept, options) in RECIPES.items():
             path = Path(tmp) / "model.int8.onnx"
-            quantize_int8(source, path, keep_fp32=keep[kept], **options)
+            quantizer(kind, fp32, calibration)(source, path, keep[kept], **options)
             run = OnnxRunner(path, "cpu")
             results.append({"recipe": name, **measure(run, probabilities(run), reference, truth, path)})
             results[-1] |= speeds(run, singles, batches, items_per_second)
@@ -105,9 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifact", type=Path, help="an eager classifier artifact (with held_out.jsonl)")
     parser.add_argument("--speed-rows", type=int, default=300, help="held-out rows timed at batch 1")
+    parser.add_argument("--calibration", type=Path, help="static recipes: JSONL training rows (as maas export)")
     args = parser.parse_args(argv)
     print(f"CPU flags: {cpu_flags()}")
-    results = study(args.artifact, args.speed_rows)
+    results = study(args.artifact, args.speed_rows, args.calibration)
     print("| recipe | max shift | 99th pct shift | label agreement | accuracy | MB | items/s b1 | items/s b32 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:

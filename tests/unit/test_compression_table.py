@@ -7,9 +7,9 @@ import pytest
 from scripts.benchmarking.compression_table import accuracy_interval, evaluate, mark_pareto
 
 
-def row(model, fmt, req_s, accuracy, method=None):
+def row(model, fmt, req_s, accuracy, *lineage):
     return {"model": model, "format": fmt, "accuracy": accuracy, "served": {"triton_grpc": {"c16": {"req_s": req_s}}},
-            "compression": {"method": method} if method else None}  # fmt: skip
+            "compression": {"method": lineage[-1], "lineage": list(lineage)} if lineage else None}  # fmt: skip
 
 
 def test_the_pareto_front_keeps_only_rows_nothing_beats():
@@ -34,6 +34,10 @@ def test_targets_take_the_fastest_student_within_the_allowed_loss():
     )
     assert second["speedup"] == pytest.approx(260 / 50) and second["verdict"] == "PASS"
     assert evaluate([row("t", "eager", 50, 0.84)], "t")[0]["verdict"] == "not measured"
+    # "distilled + int8" takes a pruned distilled student (its lineage), not a student that was only pruned
+    pruned = [row("p", "onnx_int8", 280, 0.83, "pruning"), row("dp", "onnx_int8_static", 270, 0.83, "distillation",
+                                                                "pruning")]  # fmt: skip
+    assert evaluate([*rows, *pruned], "t")[1]["variant"] == "dp onnx_int8_static"
 
 
 def test_the_accuracy_interval_covers_the_rate_and_narrows_with_rows():

@@ -154,6 +154,18 @@ def test_static_int8_fixes_activation_ranges_and_keeps_the_early_feed_forward_in
             assert quantized == (node.name not in early), node.name
 
 
+def test_a_static_int8_answer_does_not_depend_on_the_rest_of_its_batch(text_artifact, exported):
+    # Fixed activation ranges: unlike dynamic int8, whose ranges are measured on each batch, a row's integers are the
+    # same alone or batched (float noise aside, in the fp32 operators between the quantized ones).
+    pipeline = load_pipeline(exported("sentiment", "onnx_int8_static"))
+    rows, _ = read_held_out(text_artifact)
+    features = [pipeline.preprocess(row) for row in rows[:32]]
+    batched = pipeline.comparable(pipeline.forward(pipeline.collate(features)))
+    for i in range(4):
+        alone = pipeline.comparable(pipeline.forward(pipeline.collate([features[i]])))[0]
+        assert np.abs(alone - batched[i]).max() <= 1e-4
+
+
 def test_static_int8_without_calibration_rows_says_where_to_get_them(artifacts, tmp_path):
     with pytest.raises(CalibrationError, match="pass --calibration FILE"):
         export(artifacts["wine"], "onnx_int8_static", out=tmp_path / "wine.static")
