@@ -27,7 +27,7 @@ from scripts.benchmarking.server_metrics import (
 )  # fmt: skip
 from scripts.benchmarking.wrk_load import HttpTarget, tree_cpu_seconds, wrk_point
 from scripts.packaging.build import build
-from scripts.serving.servers import bearer, free_port, start_torchserve, stop_process
+from scripts.serving.servers import bearer, free_ports, start_torchserve, stop_process
 from scripts.serving.triton_server import TritonPorts, start_triton
 
 
@@ -69,7 +69,7 @@ class Servers:
     def __init__(self, root: Path):
         self.root = root
         self.torchserve = self.triton = self.grpc = None
-        self.triton_ports = TritonPorts(free_port(), free_port(), free_port())
+        self.triton_ports = TritonPorts(*free_ports(3))
 
     def start(self) -> None:
         started = time.perf_counter()

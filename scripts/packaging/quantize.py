@@ -175,11 +175,11 @@ def calibration_batches(pipeline, rows: list, input_names) -> Iterator[dict[str,
     """The rows preprocessed as the server would, in batches padded to one common shape (the histogram and
     min/max collectors stack every batch's activations)."""
     features = []
-    for number, row in enumerate(rows):
+    for row in rows:
         try:
             features.append(pipeline.preprocess(row))
         except Exception as exc:  # the task's own input error, named with the row
-            raise CalibrationError(f"calibration row {number}: {exc}") from None
+            raise CalibrationError(f"calibration row {str(row)[:80]!r} refused: {exc}") from None
     whole = pipeline.collate(features)
     for start in range(0, len(rows), CALIBRATION_BATCH):
         yield {name: whole[name][start : start + CALIBRATION_BATCH].numpy() for name in input_names}

@@ -40,10 +40,21 @@ TRITON_KEY_FILE = RUN_DIR / "triton_key.json"
 LOG4J_CONFIG = REPO_ROOT / "log4j2.xml"  # TorchServe's logging: no line per request, files capped and rolled
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports. The sockets are held open together: one at a time, the kernel may
+    hand out the port it has just released again (seen in CI: a server's HTTP and gRPC ports collided)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_ready(url: str, process: subprocess.Popen | None, timeout: float, log_file: Path, headers=dict) -> float:
@@ -146,7 +157,8 @@ def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str]
     PYTHONPATH is dropped: the workers import this project's code from the archive only.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc", "grpc_management")}
+    names = ("inference", "management", "metrics", "grpc", "grpc_management")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     properties = {
         "inference_address": f"http://127.0.0.1:{ports['inference']}",
         "management_address": f"http://127.0.0.1:{ports['management']}",

@@ -9,7 +9,7 @@ import pytest
 
 from handlers.artifact import read_manifest
 from scripts.packaging.build import build
-from scripts.serving.servers import free_port, start_torchserve, stop_process
+from scripts.serving.servers import free_ports, start_torchserve, stop_process
 from scripts.serving.triton_server import TritonInstance, TritonPorts, start_triton
 
 
@@ -75,7 +75,7 @@ def torchserve(built_models, tmp_path_factory):
 def triton(built_models) -> TritonInstance:
     """tritonserver under its supervisor (admin APIs behind a key), as ``maas serve start`` runs it, less the
     health probes: tests count requests (test_faults.py runs a private, probing instance)."""
-    ports = TritonPorts(free_port(), free_port(), free_port())
+    ports = TritonPorts(*free_ports(3))
     repository = built_models.root / "model_repository"
     instance = start_triton(repository, ports, built_models.root / "triton.log", heal_interval=0)
     yield instance

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from scripts.serving.health import torchserve_health, triton_health
 from scripts.serving.samples import digit_png
-from scripts.serving.servers import bearer, free_port, start_torchserve, stop_process
+from scripts.serving.servers import bearer, free_ports, start_torchserve, stop_process
 from scripts.serving.soak import Servers, soak
 from scripts.serving.triton_server import GRPC_PREFIX, KEY_HEADER, TritonPorts, start_triton
 
@@ -34,7 +34,7 @@ def private(built_models, tmp_path_factory):
         shutil.copytree(built_models.root / "model_repository" / model, root / "model_repository" / model)
     torchserve = start_torchserve(root / "model_store", root / "torchserve")
     try:
-        ports = TritonPorts(free_port(), free_port(), free_port())
+        ports = TritonPorts(*free_ports(3))
         triton = start_triton(root / "model_repository", ports, root / "triton.log", protect_inference=True)
     except Exception:
         stop_process(torchserve.process)

@@ -22,7 +22,7 @@ import yaml
 
 from handlers.open_inference import encode_output
 from scripts import REPO_ROOT
-from scripts.serving.servers import free_port, stop_process, wait_ready
+from scripts.serving.servers import free_port, free_ports, stop_process, wait_ready
 
 TOLERANCE = 1e-5
 STORAGE = "pvc://models/maas"
@@ -148,7 +148,7 @@ def pods(request, deployed, tmp_path_factory):
 
 def start_torchserve_pod(deployed: Path, model: str, tmp: Path) -> dict:
     mnt = mount(deployed, "torchserve", model, tmp)
-    ports = {str(p): free_port() for p in (8085, 8086, 8082, 7070, 7071)}
+    ports = dict(zip(("8085", "8086", "8082", "7070", "7071"), free_ports(5), strict=True))
     config = mnt / "config" / "config.properties"
     config.write_text(in_pod(config.read_text(), mnt, ports))
     container = manifest(deployed, "servingruntime-torchserve")["spec"]["containers"][0]
@@ -182,7 +182,7 @@ def start_torchserve_pod(deployed: Path, model: str, tmp: Path) -> dict:
 
 def start_triton_pod(deployed: Path, model: str, tmp: Path) -> dict:
     mnt = mount(deployed, "triton", model, tmp)
-    ports = {str(p): free_port() for p in (8080, 9000, 8002)}
+    ports = dict(zip(("8080", "9000", "8002"), free_ports(3), strict=True))
     container = manifest(deployed, "servingruntime-triton")["spec"]["containers"][0]
     command = [in_pod(a, mnt, ports) for a in [*container["command"], *container["args"]]]
     env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}

@@ -173,6 +173,9 @@ def test_static_int8_without_calibration_rows_says_where_to_get_them(artifacts, 
     bad.write_text('{"input": {"alcohol": 13.2}}\n{"text": "no input key"}\n')
     with pytest.raises(CalibrationError, match="line 2"):
         export(artifacts["wine"], "onnx_int8_static", out=tmp_path / "wine.static", calibration=bad)
+    bad.write_text('{"input": {"alcohol": 13.2}}\n')  # a row the model's preprocessing refuses
+    with pytest.raises(CalibrationError, match="calibration row .*alcohol.* refused"):
+        export(artifacts["wine"], "onnx_int8_static", out=tmp_path / "wine.static", calibration=bad)
     assert not (tmp_path / "wine.static").exists()
 
 

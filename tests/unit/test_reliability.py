@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import stat
 
 import httpx
@@ -17,6 +18,7 @@ from handlers.log_limit import RateLimit
 from handlers.tasks import load_pipeline
 from scripts.serving.client import RetryPolicy, TorchServeClient, triton_transient
 from scripts.serving.probe import make_probe, torchserve_body, triton_inputs
+from scripts.serving.servers import free_ports
 from scripts.serving.triton_server import ADMIN_APIS, KEY_HEADER, TritonAccess
 
 
@@ -145,3 +147,12 @@ def test_probe_tensors_keep_their_dtype():
     for array in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[b"\x00\xffpng"]], dtype=np.object_)):
         back = decode_tensor(encode_tensor("X", array))
         assert back.dtype == array.dtype and back.shape == array.shape and (back == array).all()
+
+
+def test_ports_for_one_server_are_distinct_and_free():
+    # Taken one at a time, the kernel may hand out the same just-released port twice (a CI failure: TorchServe's
+    # HTTP and gRPC ports collided); taken together they differ, and each can be bound.
+    ports = free_ports(64)
+    assert len(set(ports)) == 64
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))
