@@ -65,13 +65,10 @@ def cpu_flags() -> str:
     return " ".join(sorted(flags)) or "none of avx2/avx512f/avx512_vnni/avx_vnni/amx_int8"
 
 
-def quantizer(kind: str, fp32, calibration: Path | None):
-    """``quantize(source, target, keep_fp32, **options)`` for a recipe's kind; static ones calibrate as the export
-    does (``scripts/packaging/quantize.py``), on training rows."""
-    if kind == "dynamic":
-        return quantize_int8
+def static_quantizer(fp32, calibration: Path | None):
+    """``quantize(source, target, keep_fp32, **options)`` for the static recipes: calibrated as the export does
+    (``scripts/packaging/quantize.py``), on training rows prepared once for all of them."""
     batches = list(calibration_batches(fp32, training_rows(fp32.manifest, calibration), fp32.MODEL_INPUTS))
-
     return lambda source, target, keep_fp32, **options: quantize_static_int8(
         source, target, batches, keep_fp32, **options
     )
@@ -103,10 +100,11 @@ def study(artifact: Path, speed_rows: int, calibration: Path | None = None) -> l
     keep = {"none": [], "early": early_feed_forward(layers), "all": list(layers)}
     results = [{"recipe": "fp32 (onnx)", **measure(fp32.forward, reference, reference, truth, source)}]
     results[0] |= speeds(fp32.forward, singles, batches, items_per_second)
+    quantizers = {"dynamic": quantize_int8, "static": static_quantizer(fp32, calibration)}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (kind, kept, options) in RECIPES.items():
             path = Path(tmp) / "model.int8.onnx"
-            quantizer(kind, fp32, calibration)(source, path, keep[kept], **options)
+            quantizers[kind](source, path, keep[kept], **options)
             run = OnnxRunner(path, "cpu")
             results.append({"recipe": name, **measure(run, probabilities(run), reference, truth, path)})
             results[-1] |= speeds(run, singles, batches, items_per_second)

@@ -25,12 +25,11 @@ from tqdm import tqdm
 from handlers.artifact import HELD_OUT_NAME, Manifest, read_held_out, read_manifest
 from scripts.packaging.acceptance import CONFIDENCE, accuracy_drop_bounds, lower_bound_rate, upper_bound_rate
 from scripts.training.common import seed_everything, warmup_linear_schedule, write_artifact
-from scripts.training.text_data import read_labelled_texts, sentiment_split
+from scripts.training.text_data import bundled_training_texts, read_labelled_texts
 from scripts.training.train_text import predict
 
 TEMPERATURE = 2.0  # softens the teacher's probabilities, so the student learns how sure it was, not only its label
 MAX_ACCURACY_DROP = 0.015
-BUNDLED_DATA = "movie-review snippets"
 
 
 class CompressionError(ValueError):
@@ -59,9 +58,7 @@ def training_texts(manifest: Manifest, data: Path | None, text_column: str, limi
     sentences when the teacher was trained on them (all of them, the ones its training left unused included)."""
     if data is not None:
         texts, _ = read_labelled_texts(data, text_column, text_column)  # any column as the "label": unused
-    elif str(manifest.metrics.get("data", "")).startswith(BUNDLED_DATA):
-        (texts, _), _ = sentiment_split(manifest.metrics.get("seed", 0), manifest.metrics["held_out_rows"])
-    else:
+    elif (texts := bundled_training_texts(manifest.metrics)) is None:
         raise CompressionError("pass --data FILE (CSV or JSONL, --text-column): the texts to teach the student on")
     return texts[:limit] if limit else texts
 

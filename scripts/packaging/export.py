@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,7 +123,7 @@ def write_network(
     example: dict[str, torch.Tensor],
     fmt: str,
     path: Path,
-    calibration: Iterable[dict[str, np.ndarray]] = (),
+    calibration: Sequence[dict[str, np.ndarray]] = (),
 ) -> None:
     """Write ``module`` as ``fmt`` to ``path``; ``calibration``: batches of inputs for static int8."""
     args = tuple(example[name] for name in inputs)
@@ -152,7 +152,7 @@ def write_network(
     if fmt == "onnx_int8":
         quantize_int8(onnx_path, path)
     elif fmt == "onnx_int8_static":
-        quantize_static_int8(onnx_path, path, list(calibration))
+        quantize_static_int8(onnx_path, path, calibration)
     if onnx_path != path:
         onnx_path.unlink()
 

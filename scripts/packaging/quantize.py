@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,7 +90,7 @@ def quantize_int8(source: Path, target: Path, keep_fp32: list[str] | None = None
 
 
 def quantize_static_int8(
-    source: Path, target: Path, batches: list[dict[str, np.ndarray]], keep_fp32: list[str] | None = None, **options
+    source: Path, target: Path, batches: Sequence[dict[str, np.ndarray]], keep_fp32: list[str] | None = None, **options
 ) -> None:
     """Static int8 (QDQ): activation ranges from ``batches`` (the model's named inputs), min/max calibration.
 
@@ -153,13 +153,11 @@ def read_calibration_rows(path: Path) -> list:
 def training_rows(manifest, path: Path | None) -> list:
     """Calibration rows: ``path`` when given, else the bundled training sentences when the model was trained on
     them; a sample of ``CALIBRATION_ROWS``, seeded."""
+    from scripts.training.text_data import bundled_training_texts
+
     if path is not None:
         rows = read_calibration_rows(path)
-    elif str(manifest.metrics.get("data", "")).startswith("movie-review snippets"):
-        from scripts.training.text_data import sentiment_split
-
-        (rows, _), _ = sentiment_split(manifest.metrics.get("seed", 0), manifest.metrics["held_out_rows"])
-    else:
+    elif (rows := bundled_training_texts(manifest.metrics)) is None:
         raise CalibrationError(
             "static int8 needs calibration rows from the model's training data: pass --calibration FILE (JSONL, "
             'one {"input": ...} per line, as in the artifact\'s held_out.jsonl) to maas export; maas build then '

@@ -22,6 +22,7 @@ import numpy as np
 
 from scripts import ARTIFACTS_DIR
 
+DATA_NAME = "movie-review snippets, Hutto & Gilbert ICWSM 2014"  # what a model trained on it records as its data
 SDIST = "vaderSentiment-3.3.2.tar.gz"
 SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 INNER_ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -66,6 +67,16 @@ def sentiment_split(seed: int = 0, n_test: int = 1000, cache_dir: Path = ARTIFAC
     order = np.random.default_rng(seed).permutation(len(texts))
     test, train = order[:n_test], order[n_test:]
     return ([texts[i] for i in train], labels[train]), ([texts[i] for i in test], labels[test])
+
+
+def bundled_training_texts(metrics: dict) -> list[str] | None:
+    """The training sentences of a model trained on this data (its manifest's ``metrics``: data name, seed and
+    held-out size fix the split), all of them, the ones its training left unused included; ``None`` for another
+    model."""
+    if metrics.get("data") != DATA_NAME:
+        return None
+    (texts, _), _ = sentiment_split(metrics.get("seed", 0), metrics["held_out_rows"])
+    return texts
 
 
 class DataError(ValueError):

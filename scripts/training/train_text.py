@@ -33,7 +33,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
 from scripts import ARTIFACTS_DIR  # noqa: E402
 from scripts.training.common import seed_everything, warmup_linear_schedule, write_artifact  # noqa: E402
-from scripts.training.text_data import LABELS, DataError, read_labelled_texts, sentiment_split  # noqa: E402
+from scripts.training.text_data import DATA_NAME, LABELS, DataError, read_labelled_texts, sentiment_split  # noqa: E402
 
 MAX_LENGTH = 128
 
@@ -123,7 +123,7 @@ def train(out: Path, train_size: int = 4000, epochs: int = 1, seed: int = 0, lr:
         "epochs": epochs,
         "train_seconds": round(train_seconds, 1),
         "seed": seed,
-        "data": str(data) if data else "movie-review snippets, Hutto & Gilbert ICWSM 2014",
+        "data": str(data) if data else DATA_NAME,
     }
     manifest = text_manifest(out.name if data else "sentiment", labels, base_name, MAX_LENGTH, metrics)
     write_artifact(out, manifest)
