@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from handlers.settings import ServingSettings
+
 MANIFEST_NAME = "pipeline.json"
 # Held-out examples written by training, one JSON object per line: {"input": <a row as a request carries it>,
 # "target": <label or value>}; a row of raw bytes (an encoded image) is stored as {"input_base64": ...}. Exports
@@ -28,13 +30,16 @@ class Manifest:
     model: dict  # {"architecture": ..., "config": {...}, "format": "eager" (handlers.formats), "file": ...}
     labels: list[str] | None = None
     preprocess: dict = field(default_factory=dict)
-    serving: dict = field(default_factory=dict)  # batch size, delays, request limits, top_k
+    serving: ServingSettings = field(default_factory=ServingSettings)  # a dict is read into one (handlers/settings.py)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     metrics: dict = field(default_factory=dict)  # held-out figures measured at training time
     # A pipeline class the artifact carries itself ({"file": "pipeline.py", "class": "MyPipeline"}), for models no
     # built-in task serves; None: the class registered for ``task`` (handlers/tasks/__init__.py).
     pipeline: dict | None = None
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.serving = ServingSettings.from_dict(self.serving)
 
 
 def sha256_of(path: Path) -> str:
@@ -91,12 +96,22 @@ def read_manifest(directory: Path, verify: bool = True, without_model: bool = Fa
     """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise FileNotFoundError(f"{directory} {what}: an artifact is a directory with {MANIFEST_NAME}")
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {directory}: not a maas-handlers artifact")
-    data = json.loads(path.read_text())
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}")
-    manifest = Manifest(**data)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:  # not JSON (or not UTF-8): name the file, not only the position
+        raise ValueError(f"{path} is not a JSON manifest: {exc}") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r}, expected {FORMAT_VERSION}")
+    try:
+        manifest = Manifest(**data)
+    except (TypeError, ValueError) as exc:  # an unknown field, or a serving setting refused (it names itself)
+        raise ValueError(f"{path}: {exc}") from None
     if verify:
         for name, expected in manifest.files.items():
             file = directory / name
@@ -105,5 +120,6 @@ def read_manifest(directory: Path, verify: bool = True, without_model: bool = Fa
             if not file.is_file():
                 raise FileNotFoundError(f"artifact file {name} listed in {path} is missing")
             if sha256_of(file) != expected:
-                raise ValueError(f"artifact file {name} does not match its checksum in {path}")
+                raise ValueError(f"artifact file {name} does not match its checksum in {path}: it changed after the "
+                                 "artifact was written; train or export it again")  # fmt: skip
     return manifest

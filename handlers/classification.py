@@ -35,9 +35,9 @@ class Classifier(Pipeline):
         if not manifest.labels:
             raise ValueError(f"{manifest.name}: a classification artifact needs labels")
         self.labels = list(manifest.labels)
-        self.top_k = max(1, min(int(manifest.serving.get("top_k", 3)), len(self.labels)))
+        self.top_k = max(1, min(manifest.serving.top_k, len(self.labels)))
         self.multi_label = bool(manifest.model.get("multi_label", False))
-        self.threshold = float(manifest.serving.get("threshold", 0.5))
+        self.threshold = manifest.serving.threshold
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)

@@ -79,7 +79,7 @@ class Pipeline(ABC):
         self.manifest = manifest
         self.artifact_dir = Path(artifact_dir)
         self.device = device
-        self.max_rows_per_request = int(manifest.serving.get("max_rows_per_request", 64))
+        self.max_rows_per_request = manifest.serving.max_rows_per_request
         self.last_timings = BatchTimings()
 
     # ---- wire formats -------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ class Pipeline(ABC):
             self.device,
             list(self.MODEL_INPUTS),
             lambda: self.eager_module(self.manifest, self.artifact_dir),
-            int(self.manifest.serving.get("threads", 0)),
+            self.manifest.serving.threads,
         )
 
     def forward(self, batch: Any) -> Any:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 SELF_CHECK_NAME = "self_check.json"
 SELF_CHECK_ROWS = 8
+# The tolerance of an fp32 model against the eager one: an eager artifact's own self-check (training) and an fp32
+# export's acceptance (scripts/packaging/acceptance.py). fp32 differs from eager only by operation order (< 2e-6).
+FP32_TOLERANCE = 1e-4
 log = logging.getLogger(__name__)
 
 

@@ -21,11 +21,16 @@
 
 ``maas COMMAND --help`` shows each command's options and an example. Each command is the ``main`` of a module
 under ``scripts/`` (``python -m scripts.X`` runs the same code).
+
+A user error (a missing or wrong path, a refused artifact or export, a bad option value) is answered with one line,
+``maas COMMAND: error: ...``, and exit status 1 (2: the command line itself is wrong); an unexpected failure with one
+``internal error`` line. ``--debug`` (anywhere on the line) or ``MAAS_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command words -> the module whose main(argv) runs them (or "module:function")
@@ -41,7 +46,7 @@ COMMANDS = {
     ("compress", "prune"): "scripts.compression.prune",
     ("export",): "scripts.packaging.export",
     ("build",): "scripts.packaging.build",
-    ("check",): "scripts.serving.check",
+    ("check",): "scripts.packaging.check",
     ("serve",): "scripts.serving.servers",
     ("samples",): "scripts.serving.samples",
     ("soak",): "scripts.serving.soak",
@@ -55,15 +60,78 @@ COMMANDS = {
 }
 
 
+DEBUG_FLAG, DEBUG_ENV = "--debug", "MAAS_DEBUG"
+# User errors that are neither OSErrors nor ValueErrors, by module: looked up only once their module is imported
+# (no exception of the class can exist before), so that `maas` itself imports no model code.
+REFUSALS = {
+    "scripts.packaging.acceptance": "ExportRejected",
+    "handlers.self_check": "SelfCheckFailed",
+    "scripts.serving.processes": "ServerExited",
+    "httpx": "TransportError",  # a server that does not answer (not started?)
+}
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """What a user's input causes: a path (OSError: missing, a directory, no permission, a refused connection), a
+    value or an artifact refused (ValueError, which most of the project's refusals derive from), a refused export,
+    a server that does not answer."""
+    if isinstance(exc, (OSError, ValueError)):
+        return True
+    refusals = (getattr(sys.modules.get(module), name, None) for module, name in REFUSALS.items())
+    return any(isinstance(refusal, type) and isinstance(exc, refusal) for refusal in refusals)
+
+
+def error_message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"  # the path first, not "[Errno 2] No such file or directory: '...'"
+    message = str(exc) or type(exc).__name__
+    try:
+        url = str(exc.request.url)  # httpx's errors do not name the server
+    except (AttributeError, RuntimeError):
+        return message
+    return message if url in message else f"{url}: {message}"
+
+
+def run(prog: str, command: str, args: list[str], debug: bool) -> int:
+    """Run ``command`` ("module" or "module:function") on ``args``; a failure becomes one line on stderr and a
+    non-zero status, a traceback only with ``debug``."""
+    module_name, _, function = command.partition(":")
+    try:
+        result = getattr(importlib.import_module(module_name), function or "main")(args)
+    except SystemExit as exc:  # argparse (it printed usage and the error), --help, or a module's sys.exit("...")
+        if not isinstance(exc.code, str):
+            return exc.code or 0
+        if debug:
+            raise
+        message = exc.code.removeprefix(f"{prog}: ")  # some modules name themselves already
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        if is_user_error(exc):
+            print(f"{prog}: error: {error_message(exc)}", file=sys.stderr)
+        else:
+            print(f"{prog}: internal error: {type(exc).__name__}: {error_message(exc)} "
+                  f"(run with {DEBUG_FLAG} for the traceback)", file=sys.stderr)  # fmt: skip
+        return 1
+    return result if isinstance(result, int) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
     for words, module in sorted(COMMANDS.items(), key=lambda item: -len(item[0])):
         if tuple(argv[: len(words)]) == words:
             # argparse names the program after sys.argv[0]: make each command's --help and errors say "maas ...".
-            sys.argv[0] = " ".join(["maas", *words])
-            module_name, _, function = module.partition(":")
-            result = getattr(importlib.import_module(module_name), function or "main")(argv[len(words) :])
-            return result if isinstance(result, int) else 0
+            sys.argv[0] = prog = " ".join(["maas", *words])
+            return run(prog, module, argv[len(words) :], debug)
     known = sorted({" ".join(words) for words in COMMANDS})
     if argv and argv[0] not in ("-h", "--help"):
         print(f"maas: unknown command {' '.join(argv[:2])!r}; commands: {', '.join(known)}", file=sys.stderr)

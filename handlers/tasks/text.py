@@ -13,7 +13,8 @@ Length groups: a server batch is sorted by length and cut into consecutive group
 text, where that costs less than one pass padded to the batch's longest. The cost of a group is ``call_cost_tokens
 + rows x longest``; the cut is the exact minimum (dynamic programming over the sorted lengths). Measured on the
 int8 MiniLM (2 cores): a pass costs ~3.5 ms plus ~0.14 ms per padded token, so ``call_cost_tokens`` defaults to
-24; a manifest may set ``serving.call_cost_tokens`` (a huge value: one pass per batch, as before).
+24 (handlers/settings.py); a manifest may set ``serving.call_cost_tokens`` (a huge value: one pass per
+batch, as before).
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()  # progress bars would flood the servers' logs at every model load
 
-CALL_COST_TOKENS = 24  # what one forward pass costs, in padded tokens (module docstring)
+MAX_LENGTH = 128  # tokens a text is cut to, unless the manifest's preprocess says otherwise
+
+
+def max_length(manifest: Manifest) -> int:
+    """Tokens a text is truncated to: ``preprocess.max_length``, as in training."""
+    return int(manifest.preprocess.get("max_length", MAX_LENGTH))
 
 
 def length_groups(lengths: list[int], call_cost: float) -> list[list[int]]:
@@ -72,10 +78,10 @@ class TextClassifier(TextInput, Classifier):
 
     def __init__(self, manifest: Manifest, artifact_dir: Path, device: str = "cpu"):
         super().__init__(manifest, artifact_dir, device)
-        self.max_length = int(manifest.preprocess.get("max_length", 128))
+        self.max_length = max_length(manifest)
         self.tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.call_cost_tokens = float(manifest.serving.get("call_cost_tokens", CALL_COST_TOKENS))
+        self.call_cost_tokens = manifest.serving.call_cost_tokens
 
     # ---- the model ----------------------------------------------------------------------------------
     def preprocess(self, row: Any) -> list[int]:

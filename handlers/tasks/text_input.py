@@ -23,7 +23,7 @@ class TextInput(Pipeline):
 
     @property
     def max_text_chars(self) -> int:
-        return int(self.manifest.serving.get("max_text_chars", 20000))
+        return self.manifest.serving.max_text_chars
 
     def parse_json(self, body: Any) -> Request:
         if isinstance(body, str) or (isinstance(body, (bytes, bytearray)) and body.lstrip()[:1] != b"{"):

@@ -15,6 +15,7 @@ import httpx
 import torch
 import tritonclient.http as triton_http
 
+from handlers.settings import SERVERS
 from scripts.benchmarking.grpc_load import GrpcLoad
 from scripts.benchmarking.loadgen import TorchServeClient, TritonClient, Workload, closed_loop, send_count
 from scripts.benchmarking.server_metrics import (
@@ -27,7 +28,9 @@ from scripts.benchmarking.server_metrics import (
 )  # fmt: skip
 from scripts.benchmarking.wrk_load import HttpTarget, tree_cpu_seconds, wrk_point
 from scripts.packaging.build import build
-from scripts.serving.servers import bearer, free_ports, start_torchserve, stop_process
+from scripts.serving.keys import bearer
+from scripts.serving.processes import free_ports, stop_process
+from scripts.serving.servers import start_torchserve
 from scripts.serving.triton_server import TritonPorts, start_triton
 
 
@@ -221,9 +224,6 @@ def warm_torchserve(servers: Servers, models, series, requests: int) -> None:
         failed += asyncio.run(warm(make_client, max(requests // len(names), 1), 16))
     print(f"TorchServe warmed up with {requests} requests over {len(names)} models in "
           f"{time.perf_counter() - started:.0f}s ({failed} failed)")  # fmt: skip
-
-
-SERVERS = ("torchserve", "triton")
 
 
 def per_server(overrides: dict) -> dict[str, dict]:

@@ -87,7 +87,7 @@ def run(args) -> dict:
             "task": model.task,
             "requests": model.description,
             "serving": {
-                server: {k: v for k, v in for_server(manifest, server, o).serving.items() if k not in SERVERS}
+                server: {k: v for k, v in for_server(manifest, server, o).serving.to_dict().items() if k not in SERVERS}
                 for server, o in per_server(args.serving).items()
             },
             "format": read_manifest(served[model.name]).model["format"],

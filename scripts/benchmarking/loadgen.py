@@ -25,7 +25,7 @@ import tritonclient.grpc.aio as triton_grpc_aio
 import tritonclient.http as triton_http
 import tritonclient.http.aio as triton_http_aio
 
-from scripts.serving.servers import bearer
+from scripts.serving.keys import bearer
 
 PERCENTILES = (50, 90, 99)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts import ARTIFACTS_DIR
+from scripts import ARTIFACTS_DIR, at_least
 from scripts.compression.kd import MAX_ACCURACY_DROP, CompressionError, load_teacher, teach_and_write, training_texts
 
 LAYER_KEY = re.compile(r"^(.*\.layer\.)(\d+)(\..*)$")  # BERT, RoBERTa, ELECTRA: encoder.layer.N; DistilBERT too
@@ -66,7 +66,7 @@ def distill(artifact: Path, layers: int, out: Path, epochs: int = 2, lr: float =
 
 
 def add_common_arguments(parser, epochs: int = 2, lr: float = 1e-4) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+    parser.add_argument("--epochs", type=at_least(1), default=epochs, help=f"default {epochs}")
     parser.add_argument("--lr", type=float, default=lr, help=f"default {lr:g}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="texts to teach on (CSV with a header row, or JSONL)")

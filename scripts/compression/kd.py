@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from handlers.artifact import HELD_OUT_NAME, Manifest, read_held_out, read_manifest
+from handlers.tasks import text
 from scripts.packaging.acceptance import CONFIDENCE, accuracy_drop_bounds, lower_bound_rate, upper_bound_rate
 from scripts.training.common import seed_everything, warmup_linear_schedule, write_artifact
 from scripts.training.text_data import bundled_training_texts, read_labelled_texts
@@ -154,7 +155,7 @@ def teach_and_write(teacher, student, tokenizer, artifact: Path, manifest: Manif
     """Teach the student (``teach``, on the teacher's soft labels; no epochs: as it is), judge it
     (``judge_student``), then write it with its ``compression`` record (``method`` and the acceptance figures)
     and how it was trained."""
-    max_length = int(manifest.preprocess.get("max_length", 128))
+    max_length = text.max_length(manifest)
     seconds = 0.0
     if epochs:
         logits = soft_labels(teacher, tokenizer, texts, max_length)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from handlers.tasks import text
 from scripts import ARTIFACTS_DIR
 from scripts.compression import kd
 from scripts.compression.distill import add_common_arguments
@@ -100,7 +101,7 @@ def prune(artifact: Path, keep: float, out: Path, epochs: int = 1, lr: float = 5
           max_accuracy_drop: float = kd.MAX_ACCURACY_DROP, calibration_texts: int = 512):  # fmt: skip
     manifest, teacher, tokenizer = kd.load_teacher(artifact)
     _, student, _ = kd.load_teacher(artifact)  # a second copy, pruned in place
-    max_length = int(manifest.preprocess.get("max_length", 128))
+    max_length = text.max_length(manifest)
     texts = kd.training_texts(manifest, data, text_column, train_size)
     importance = neuron_importance(student, tokenizer, texts[:calibration_texts], max_length)
     width = len(importance[0])

@@ -23,6 +23,7 @@ import yaml
 
 from handlers.artifact import read_manifest
 from handlers.formats import FORMATS
+from handlers.settings import SERVERS
 from scripts import REPO_ROOT
 from scripts.deploy.kserve_layout import (
     LayoutError,
@@ -41,8 +42,6 @@ from scripts.deploy.kserve_manifests import (
     write_manifest,
 )
 
-SERVERS = ("torchserve", "triton")
-
 
 def deploy(artifacts: list[Path], out: Path, storage_uri: str, scaling: Scaling, images: dict[str, str],
            image_root: Path, fmt: str | None = None) -> list[Path]:  # fmt: skip
@@ -58,10 +57,11 @@ def deploy(artifacts: list[Path], out: Path, storage_uri: str, scaling: Scaling,
         shutil.rmtree(torchserve_layout, ignore_errors=True)
         # maas build in a process of its own: tritonclient.grpc and kserve each register the v2 protocol's
         # protobuf messages ("inference.ServerLiveRequest" ...), and one process cannot hold both.
-        command = [sys.executable, "-m", "scripts.packaging.build", str(artifact), "--python-env",
+        command = [sys.executable, "-m", "scripts.cli", "build", str(artifact), "--python-env",
                    str(image_root / ".venv"), "--model-store", str(torchserve_layout / "model-store"),
                    "--triton-repository", str(triton_layout), *(["--format", fmt] if fmt else [])]  # fmt: skip
-        subprocess.run(command, check=True, cwd=REPO_ROOT)
+        if subprocess.run(command, cwd=REPO_ROOT).returncode:  # maas build printed its one-line error
+            raise LayoutError(f"{artifact}: maas build failed (the line above says why)")
         finish_torchserve_layout(torchserve_layout, model)
         for server in SERVERS:
             service = inference_service(model, server, f"{storage_uri.rstrip('/')}/{server}/{model}", scaling,
@@ -74,6 +74,9 @@ def deploy(artifacts: list[Path], out: Path, storage_uri: str, scaling: Scaling,
 def check(out: Path) -> None:
     """LayoutError or ManifestError naming the first file that KServe could not use as written."""
     runtimes, services = set(), []
+    if not (out / "manifests").is_dir():
+        what = "does not exist" if not out.exists() else "has no manifests/ folder"
+        raise LayoutError(f"{out} {what}: expected a directory written by maas deploy kserve")
     for path in sorted((out / "manifests").glob("*.yaml")):
         obj = load_manifest(path)
         if obj.kind == "ServingRuntime":
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         images = {"torchserve": args.torchserve_image, "triton": args.triton_image}
         written = deploy(args.artifacts, args.out, args.storage_uri, scaling, images, args.image_root, args.format)
     except (LayoutError, ManifestError, FileNotFoundError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
-        print(f"maas deploy: {exc}", file=sys.stderr)
+        print(f"maas deploy: error: {exc}", file=sys.stderr)
         return 1
     print("\n".join(["wrote", *(f"  {path}" for path in written),
                      f"next: copy {args.out}/torchserve and {args.out}/triton to {args.storage_uri}/, then",

@@ -22,14 +22,16 @@ from pathlib import Path
 import yaml
 
 from scripts import REPO_ROOT
-from scripts.deploy.maas_probe import read_properties
+from scripts.serving import pod_probe
+from scripts.serving.pod_probe import read_properties
 from scripts.serving.probe import PROBE_NAME
 
 MOUNT = Path("/mnt/models")  # where KServe's storage initializer puts the storageUri's files
 TORCHSERVE_INFERENCE_PORT = 8085  # KServe's own server takes 8080 and 8081 (its gRPC) in the same container
 TORCHSERVE_MANAGEMENT_PORT = 8086
 TORCHSERVE_METRICS_PORT = 8082  # the kserve-torchserve runtime's Prometheus scrape port
-PROBE_SCRIPT = Path(__file__).with_name("maas_probe.py")
+PROBE_SCRIPT = Path(pod_probe.__file__)  # the deep liveness probe (standard library only), copied as:
+POD_PROBE_NAME = "maas_probe.py"  # its name in the layout's config/, which the manifests' liveness probe runs
 
 
 class LayoutError(ValueError):
@@ -93,7 +95,7 @@ def finish_torchserve_layout(layout: Path, model: str) -> None:
     mar = layout / "model-store" / f"{model}.mar"
     (config_dir / "config.properties").write_text(torchserve_pod_properties(model, mar_model_config(mar)))
     shutil.copy2(REPO_ROOT / "log4j2.xml", config_dir / "log4j2.xml")
-    shutil.copy2(PROBE_SCRIPT, config_dir / PROBE_SCRIPT.name)
+    shutil.copy2(PROBE_SCRIPT, config_dir / POD_PROBE_NAME)
 
 
 def check_torchserve_layout(layout: Path) -> str:
@@ -110,7 +112,7 @@ def check_torchserve_layout(layout: Path) -> str:
             mar = layout / "model-store" / version["marName"]
             if not mar.is_file():
                 raise LayoutError(f"{mar} is missing: {config} serves model {model!r} from it")
-    for name in ("log4j2.xml", PROBE_SCRIPT.name):
+    for name in ("log4j2.xml", POD_PROBE_NAME):
         if not (layout / "config" / name).is_file():
             raise LayoutError(f"{layout / 'config' / name} is missing: config.properties and the probe use it")
     return next(iter(models))

@@ -17,7 +17,7 @@ import kubernetes.client as k8s
 import yaml
 from kserve import constants
 
-from scripts.deploy.kserve_layout import MOUNT, TORCHSERVE_METRICS_PORT
+from scripts.deploy.kserve_layout import MOUNT, POD_PROBE_NAME, TORCHSERVE_METRICS_PORT
 
 TORCHSERVE_RUNTIME, TRITON_RUNTIME = "maas-torchserve", "maas-tritonserver"
 TRITON_KEY_SECRET = "maas-triton-key"  # kubectl create secret generic maas-triton-key --from-literal=key=...
@@ -60,7 +60,7 @@ def inference_service(model: str, server: str, storage_uri: str, scaling: Scalin
     ready = k8s.V1HTTPGetAction(path=f"/v2/models/{model}/ready", port=HTTP_PORT)
     if server == "torchserve":
         runtime, model_format = TORCHSERVE_RUNTIME, kserve.V1beta1ModelFormat(name="pytorch")
-        deep = ["python3", str(MOUNT / "config" / "maas_probe.py")]
+        deep = ["python3", str(MOUNT / "config" / POD_PROBE_NAME)]
     else:
         runtime, model_format = TRITON_RUNTIME, kserve.V1beta1ModelFormat(name="triton", version="2")
         deep = [str(image_root / ".venv/bin/python"), "-m", "scripts.serving.health", "triton",

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from handlers.artifact import Manifest, read_manifest
 from handlers.formats import FORMATS
+from handlers.settings import ServingSettings
 from scripts import MODEL_STORE, TRITON_REPOSITORY
 from scripts.packaging.export import ExportRejected, export
 from scripts.packaging.quantize import CalibrationError
-from scripts.packaging.torchserve_archive import build_mar, workers
+from scripts.packaging.torchserve_archive import build_mar
 from scripts.packaging.triton_ensemble import BACKENDS, build_triton_ensemble
 from scripts.packaging.triton_repository import build_triton_model
 
@@ -42,13 +43,22 @@ DEFAULT_FORMATS = {
 def for_server(manifest: Manifest, server: str, overrides: dict | None) -> Manifest:
     """The manifest as one server's builder sees it: generic serving settings, then the artifact's section for
     that server (``serving.torchserve`` / ``serving.triton``), then the build's overrides."""
-    serving = manifest.serving
-    return replace(manifest, serving={**serving, **serving.get(server, {}), **(overrides or {})})
+    return replace(manifest, serving=manifest.serving.for_server(server, overrides))
 
 
 def parse_settings(items: list[str]) -> dict:
     """``KEY=VALUE`` serving overrides from a command line (values as JSON: ``max_batch_size=1``)."""
-    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+
+    def parse(item: str) -> tuple[str, object]:
+        key, equals, value = item.partition("=")
+        if key and equals:
+            try:
+                return key, json.loads(value)
+            except ValueError:
+                pass
+        raise ValueError(f"serving setting {item!r}: expected KEY=VALUE with a JSON value, e.g. max_batch_size=8")
+
+    return dict(parse(item) for item in items)
 
 
 def served_artifact(artifact_dir: Path, fmt: str | None = None) -> Path:
@@ -78,6 +88,7 @@ def build(
     ``triton_ensemble`` (a backend of ``scripts.packaging.triton_ensemble.BACKENDS``) writes an ensemble with the
     network on that backend instead of one Python model.
     """
+    ServingSettings().for_server("triton", serving)  # a bad override is refused before any export, not after
     artifact_dir = served_artifact(artifact_dir, fmt)
     manifest = read_manifest(artifact_dir)
     if fmt not in (None, manifest.model.get("format")):
@@ -100,7 +111,7 @@ def build(
             )
         else:
             path = build_triton_model(
-                artifact_dir, triton_manifest, triton_repository, name, python_env, workers(triton_manifest.serving)
+                artifact_dir, triton_manifest, triton_repository, name, python_env, triton_manifest.serving.workers
             )
         seconds["triton"] = time.perf_counter() - start
         print(f"built {path} in {seconds['triton']:.1f}s")

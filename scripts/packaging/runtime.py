@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 from handlers.artifact import MANIFEST_NAME
+from handlers.settings import ServingSettings
 from scripts import HANDLERS_DIR
 
 
-def copy_runtime(artifact_dir: Path, destination: Path, serving: dict, without: str | None = None) -> None:
+def copy_runtime(artifact_dir: Path, destination: Path, serving: ServingSettings, without: str | None = None) -> None:
     """Copy the ``handlers`` package and the artifact (as ``artifact/``, less the file ``without``) into
     ``destination``, its manifest's ``serving`` replaced by the build's (per-server sections and ``--serving``
     overrides applied), so the handlers run with the settings the server configs were built from."""
@@ -18,7 +19,7 @@ def copy_runtime(artifact_dir: Path, destination: Path, serving: dict, without: 
     shutil.copytree(artifact_dir, destination / "artifact", ignore=lambda _, names: [n for n in names if n == without])
     manifest_path = destination / "artifact" / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
-    manifest["serving"] = serving
+    manifest["serving"] = serving.to_dict()
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -16,8 +16,8 @@ from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
 from handlers.artifact import Manifest
+from scripts.packaging.probe import write_probe
 from scripts.packaging.runtime import copy_runtime, entry_point_source
-from scripts.serving.probe import write_probe
 
 ENTRY_MODULE = "torchserve_entry"
 ENTRY_POINT = entry_point_source(
@@ -28,24 +28,16 @@ ENTRY_POINT = entry_point_source(
 )
 
 
-def workers(serving: dict) -> int:
-    """Processes running the model: TorchServe workers, Triton instances (``serving.workers``, default 1)."""
-    count = int(serving.get("workers", 1))
-    if count < 1:
-        raise ValueError(f"serving.workers must be at least 1, not {count}")
-    return count
-
-
 def torchserve_model_config(manifest: Manifest) -> dict:
     serving = manifest.serving
     return {
-        "minWorkers": workers(serving),
-        "maxWorkers": workers(serving),
-        "batchSize": int(serving.get("max_batch_size", 1)),
+        "minWorkers": serving.workers,
+        "maxWorkers": serving.workers,
+        "batchSize": serving.max_batch_size,
         # Measured (reports/benchmark.md): 1 ms keeps single requests fast and batches fill from the queue under
         # load; 0 is a trap, TorchServe then waits ~100 ms for every batch.
-        "maxBatchDelay": max(1, int(serving.get("max_batch_delay_ms", 1))),
-        "responseTimeout": int(serving.get("response_timeout_s", 60)),
+        "maxBatchDelay": max(1, round(serving.max_batch_delay_ms)),
+        "responseTimeout": serving.response_timeout_s,
     }
 
 

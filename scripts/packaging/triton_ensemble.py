@@ -25,9 +25,9 @@ from handlers.artifact import Manifest, read_held_out
 from handlers.formats import FORMATS, OUTPUT_NAME
 from handlers.pipeline import TensorSpec
 from handlers.tasks import load_pipeline, pipeline_class
+from scripts.packaging.probe import write_probe
 from scripts.packaging.runtime import copy_runtime, entry_point_source
 from scripts.packaging.triton_repository import add_dynamic_batching, tensor_message
-from scripts.serving.probe import write_probe
 
 # backend -> (Triton platform/backend, the artifact formats it runs, the network's output name there)
 BACKENDS = {
@@ -67,8 +67,8 @@ def ensemble_configs(
     task = pipeline_class(manifest, artifact_dir)
     task_inputs, task_outputs = task.input_specs(manifest), task.output_specs(manifest)
     net_inputs, net_output = network_specs(artifact_dir, manifest)
-    max_batch = int(manifest.serving.get("max_batch_size", 32))
-    delay_us = int(manifest.serving.get("max_batch_delay_ms", 0) * 1000)
+    max_batch = manifest.serving.max_batch_size
+    delay_us = round(manifest.serving.max_batch_delay_ms * 1000)
 
     def model(model_name: str, inputs, outputs, stage: str | None) -> mc.ModelConfig:
         config = mc.ModelConfig(name=model_name, max_batch_size=max_batch)

@@ -20,8 +20,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from handlers.artifact import Manifest
 from handlers.pipeline import TensorSpec
 from handlers.tasks import pipeline_class
+from scripts.packaging.probe import write_probe
 from scripts.packaging.runtime import copy_runtime, entry_point_source
-from scripts.serving.probe import write_probe
 
 ENTRY_POINT = entry_point_source(
     "Triton entry point of a maas-handlers model: the adapter lives in this version's handlers package.",
@@ -34,12 +34,12 @@ def model_config(
 ) -> mc.ModelConfig:
     task = pipeline_class(manifest, artifact_dir)
     serving = manifest.serving
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=int(serving.get("max_batch_size", 32)))
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=serving.max_batch_size)
     for spec in task.input_specs(manifest):
         config.input.append(tensor_message(mc.ModelInput, spec))
     for spec in task.output_specs(manifest):
         config.output.append(tensor_message(mc.ModelOutput, spec))
-    add_dynamic_batching(config, int(serving.get("max_batch_delay_ms", 0) * 1000))
+    add_dynamic_batching(config, round(serving.max_batch_delay_ms * 1000))
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
     # A task may publish what a client needs to know (the tabular feature schema) in the config, through an
     # optional classmethod ``config_parameters(manifest) -> dict[str, str]``.

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from scripts.serving.triton_server import TritonAccess
+from scripts.serving.keys import TritonAccess
 
 TORCHSERVE_TRANSIENT = {502, 503, 504, 507}
 TRITON_TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "is not ready", "has no available versions")

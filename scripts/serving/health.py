@@ -24,7 +24,9 @@ from tritonclient.utils import InferenceServerException
 
 from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY
 from scripts.serving.client import infer_inputs
-from scripts.serving.probe import torchserve_body, torchserve_probes, triton_inputs, triton_probes
+from scripts.serving.keys import read_inference_key, read_triton_key
+from scripts.serving.pod_probe import torchserve_body
+from scripts.serving.probe import torchserve_probes, triton_inputs, triton_probes
 
 PROBE_TIMEOUT = 5.0
 
@@ -90,8 +92,6 @@ def _ms(start: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scripts.serving.servers import read_inference_key, read_triton_key
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("server", nargs="?", default="both", choices=["torchserve", "triton", "both"])
     parser.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference URL")
@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         results += torchserve_health(args.torchserve, key, args.model_store)
     if args.server in ("triton", "both"):
         results += triton_health(args.triton_http, args.repository, read_triton_key().inference_headers())
+    if not results:  # nothing built: say so, not exit 1 in silence
+        stores = {"torchserve": [args.model_store], "triton": [args.repository]}
+        where = " or ".join(map(str, stores.get(args.server, [args.model_store, args.repository])))
+        raise SystemExit(f"no model in {where}: nothing to probe; build one first: maas build ARTIFACT")
     for result in results:
         if args.json:
             print(json.dumps(asdict(result)))

@@ -1,9 +1,10 @@
-"""Deep health probes: one real request per model, in each server's wire form, made at build time.
+"""Deep health probes: one real request per model, in each server's wire form, made at build time; read here.
 
-The build writes ``probe.json`` beside each model's entry point (in the ``.mar`` and in the Triton model's version
-directory) from the first of the artifact's self-check rows: a held-out row the model was verified on. A health
-check (``scripts/serving/health.py``) sends it and counts the model healthy only when it is answered, so a model
-whose worker or stub is dead reads as down even while the server's own readiness says 200.
+The build (``scripts/packaging/probe.py``) writes ``probe.json`` beside each model's entry point (in the ``.mar``
+and in the Triton model's version directory) from the first of the artifact's self-check rows: a held-out row the
+model was verified on. A health check (``scripts/serving/health.py``) sends it and counts the model healthy only
+when it is answered, so a model whose worker or stub is dead reads as down even while the server's own readiness
+says 200. A probe's TorchServe request is ``pod_probe.torchserve_body`` (the KServe pod's probe, standard library).
 
     {"model": "digits", "torchserve": {"json": {...}} | {"base64": "..."},
      "triton": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1, 1], "base64": ["..."]} | {..., "data": [...]}]}
@@ -17,44 +18,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
-
-from handlers.artifact import Manifest, decode_row
-from handlers.self_check import SELF_CHECK_NAME
-from scripts.deploy.maas_probe import torchserve_body  # noqa: F401 (standard library only: a pod runs it alone)
+from tritonclient.utils import triton_to_np_dtype
 
 PROBE_NAME = "probe.json"
-
-
-def make_probe(artifact_dir: Path, manifest: Manifest) -> dict | None:
-    """The probe for an artifact; None when it has no self-check rows or its pipeline has no client forms."""
-    from handlers.tasks import load_pipeline
-
-    self_check = Path(artifact_dir) / SELF_CHECK_NAME
-    if not self_check.exists():
-        return None
-    row = decode_row(json.loads(self_check.read_text())["rows"][0])
-    pipeline = load_pipeline(artifact_dir, manifest=manifest, with_model=False)
-    try:
-        body, tensors = pipeline.client_body(row), pipeline.client_tensors([row])
-    except NotImplementedError:
-        return None
-    wire = {"base64": base64.b64encode(body).decode()} if isinstance(body, bytes) else {"json": body}
-    return {"model": manifest.name, "torchserve": wire, "triton": [encode_tensor(n, a) for n, a in tensors.items()]}
-
-
-def write_probe(artifact_dir: Path, manifest: Manifest, destination: Path) -> None:
-    probe = make_probe(artifact_dir, manifest)
-    if probe is not None:
-        (destination / PROBE_NAME).write_text(json.dumps(probe) + "\n")
-
-
-def encode_tensor(name: str, array: np.ndarray) -> dict:
-    record = {"name": name, "datatype": np_to_triton_dtype(array.dtype), "shape": list(array.shape)}
-    if array.dtype == np.object_:
-        items = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)]
-        return {**record, "base64": [base64.b64encode(v).decode() for v in items]}
-    return {**record, "data": array.reshape(-1).tolist()}
 
 
 def decode_tensor(record: dict) -> np.ndarray:

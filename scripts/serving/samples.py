@@ -17,7 +17,7 @@ from PIL import Image
 
 from scripts import REPO_ROOT
 from scripts.serving.client import TorchServeClient, TritonClient
-from scripts.serving.servers import read_inference_key, read_triton_key
+from scripts.serving.keys import read_inference_key, read_triton_key
 from scripts.training.train_digits import PIXEL_MAX, digits_split
 
 SENTENCE = "A gorgeous, witty and deeply moving film; the best I have seen this year."
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--triton-http", default="127.0.0.1:8000")
     parser.add_argument("--triton-grpc", default="127.0.0.1:8001")
     args = parser.parse_args(argv)
+    if not (REPO_ROOT / "key_file.json").is_file():  # TorchServe writes it at start
+        raise SystemExit(f"no {REPO_ROOT / 'key_file.json'}: TorchServe is not running from this checkout; start "
+                         "the servers first: maas serve start")  # fmt: skip
 
     _, x_test, _, y_test = digits_split()
     png = digit_png(x_test[0])

@@ -18,99 +18,20 @@ private instances on free ports, beside any running one.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from scripts import REPO_ROOT, TRITON_REPOSITORY
-from scripts.serving.triton_server import TritonAccess, TritonPorts, start_triton
+from scripts.serving.keys import TRITON_KEY_FILE, bearer, read_inference_key
+from scripts.serving.processes import RUN_DIR, TRITON_PID_FILE, alive, free_ports, stop_process, wait_ready
+from scripts.serving.triton_server import TritonPorts, start_triton
 
-RUN_DIR = REPO_ROOT / "run"
 LOG_DIR = REPO_ROOT / "logs"
-TRITON_PID_FILE = RUN_DIR / "triton.pid"
-TRITON_KEY_FILE = RUN_DIR / "triton_key.json"
 LOG4J_CONFIG = REPO_ROOT / "log4j2.xml"  # TorchServe's logging: no line per request, files capped and rolled
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports. The sockets are held open together: one at a time, the kernel may
-    hand out the port it has just released again (seen in CI: a server's HTTP and gRPC ports collided)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def wait_ready(url: str, process: subprocess.Popen | None, timeout: float, log_file: Path, headers=dict) -> float:
-    """Poll ``url`` until it answers 200; fail early, with the log's tail, if the server exits.
-
-    ``headers`` is called before each try (TorchServe's key file appears only once it has started).
-    """
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}; log tail:\n{_tail(log_file)}")
-        try:
-            request = urllib.request.Request(url, headers=headers())
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return time.perf_counter() - start
-        except (OSError, ValueError):  # not listening yet, or key file not written yet
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f}s; log tail:\n{_tail(log_file)}")
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def stop_process(process: subprocess.Popen | int, timeout: float = 30, group: bool = True) -> None:
-    """SIGTERM the server (its whole process group, or the leader alone), then SIGKILL whatever is left.
-
-    TorchServe's launcher does not forward signals to its java child, so it needs the group; tritonserver shuts its
-    Python-backend stubs down itself and waits out its exit timeout if they are killed under it, so it gets the leader.
-    """
-    pid = process if isinstance(process, int) else process.pid
-    try:
-        (os.killpg if group else os.kill)(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        exited = process.poll() is not None if isinstance(process, subprocess.Popen) else not _alive(pid)
-        if exited:
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)  # leftovers of the group, or the leader itself after the timeout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # ---- TorchServe ------------------------------------------------------------------------------------------
@@ -126,15 +47,6 @@ class TorchServeInstance:
     @property
     def inference_key(self) -> str:
         return read_inference_key(self.workdir)
-
-
-def read_inference_key(workdir: Path) -> str:
-    """The inference key TorchServe writes into its working directory at start."""
-    return json.loads((workdir / "key_file.json").read_text())["inference"]["key"]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def torchserve_properties(overrides: dict[str, str], base: Path = REPO_ROOT / "config.properties") -> str:
@@ -216,7 +128,7 @@ def start_torchserve_cli() -> None:
 
 
 def start_triton_cli(repository: Path, ports: TritonPorts, protect_inference: bool) -> None:
-    if TRITON_PID_FILE.exists() and _alive(int(TRITON_PID_FILE.read_text())):
+    if TRITON_PID_FILE.exists() and alive(int(TRITON_PID_FILE.read_text())):
         sys.exit(f"tritonserver already runs (pid {TRITON_PID_FILE.read_text().strip()}); stop it first")
     started = time.perf_counter()
     triton = start_triton(repository.resolve(), ports, LOG_DIR / "triton.log", protect_inference=protect_inference,
@@ -226,11 +138,6 @@ def start_triton_cli(repository: Path, ports: TritonPorts, protect_inference: bo
     print(f"tritonserver ready in {time.perf_counter() - started:.1f}s (supervisor pid {triton.process.pid}); "
           f"HTTP 127.0.0.1:{ports.http}, gRPC 127.0.0.1:{ports.grpc}, log {LOG_DIR / 'triton.log'}, "
           f"access key in {TRITON_KEY_FILE}")  # fmt: skip
-
-
-def read_triton_key(path: Path = TRITON_KEY_FILE) -> TritonAccess:
-    """The key of the tritonserver started here (an empty one, opening nothing, when none was)."""
-    return TritonAccess.read(path) or TritonAccess(key="", protect_inference=False)
 
 
 def stop_triton_cli() -> None:
@@ -258,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protect-inference", action="store_true", help="Triton inference needs the key too")
     args, rest = parser.parse_known_args(argv)
     if args.action == "status":
-        from scripts.serving.health import main as status
+        from scripts.serving.health import main as status  # here for its cost: httpx, tritonclient, numpy (~0.3 s)
 
         return status([args.server, *rest])
     if rest:

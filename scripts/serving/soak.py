@@ -26,11 +26,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY
+from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY, at_least
 from scripts.serving.client import RetryPolicy, TorchServeClient, TritonClient
 from scripts.serving.faults import cli_torchserve_pid, kill_torchserve_worker, kill_triton_stub
-from scripts.serving.probe import torchserve_body, torchserve_probes, triton_inputs, triton_probes
-from scripts.serving.triton_server import TritonAccess
+from scripts.serving.keys import TritonAccess, read_inference_key, read_triton_key
+from scripts.serving.pod_probe import torchserve_body
+from scripts.serving.probe import torchserve_probes, triton_inputs, triton_probes
+from scripts.serving.processes import TRITON_PID_FILE
 
 
 @dataclass
@@ -149,17 +151,17 @@ def soak(servers: Servers, models: list[str], requests: int, concurrency: int, k
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scripts.serving.servers import TRITON_PID_FILE, read_inference_key, read_triton_key
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=100_000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--kill-every", type=int, default=10_000, help="requests between kills (0: no kills)")
+    parser.add_argument("--requests", type=at_least(1), default=100_000)
+    parser.add_argument("--concurrency", type=at_least(1), default=32)
+    parser.add_argument("--kill-every", type=at_least(0), default=10_000, help="requests between kills (0: no kills)")
     parser.add_argument("--models", default="digits,sentiment")
     parser.add_argument("--time-limit", type=float, default=1800, help="seconds; stops sending after it")
     parser.add_argument("--no-retry", action="store_true", help="one try per request (a naive client)")
     parser.add_argument("--report", type=Path, help="write the report as JSON here too")
     args = parser.parse_args(argv)
+    if args.time_limit <= 0:
+        parser.error(f"argument --time-limit: must be positive, not {args.time_limit:g}")
     torchserve_pid = cli_torchserve_pid()
     if torchserve_pid is None or not TRITON_PID_FILE.exists():
         sys.exit("start both servers first: maas serve start")

@@ -8,27 +8,23 @@ rotation and reloads any model whose deep health probe fails (a killed Python st
 * ``--http-restricted-api`` / ``--grpc-restricted-protocol``: the model-repository, model-config, shared-memory,
   statistics, trace and logging APIs (and inference too, with ``protect_inference``) answer only requests that
   carry the header ``maas-triton-key: <key>`` (gRPC: the metadata ``triton-grpc-protocol-maas-triton-key``).
-  The key is generated at each start and written, readable by its owner only, to the key file; it never leaves
-  the machine. Rotate it by restarting the server.
+  The key (``keys.py``) is generated at each start and written, readable by its owner only, to the key file; it
+  never leaves the machine. Rotate it by restarting the server.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import sysconfig
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from scripts import REPO_ROOT
-
-KEY_HEADER = "maas-triton-key"
-GRPC_PREFIX = "triton-grpc-protocol-"  # tritonserver matches gRPC restrictions against metadata named with it
-ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+from scripts.serving.keys import TritonAccess
+from scripts.serving.processes import stop_process, wait_ready
 
 
 @dataclass
@@ -36,45 +32,6 @@ class TritonPorts:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
-
-
-@dataclass
-class TritonAccess:
-    """The key that opens tritonserver's restricted APIs; ``protect_inference`` puts inference behind it too."""
-
-    key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    protect_inference: bool = False
-
-    @property
-    def apis(self) -> tuple[str, ...]:
-        return (*ADMIN_APIS, "inference") if self.protect_inference else ADMIN_APIS
-
-    def server_flags(self) -> list[str]:
-        rule = f"{','.join(self.apis)}:{KEY_HEADER}={self.key}"
-        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
-
-    def admin_headers(self, grpc: bool = False) -> dict[str, str]:
-        """The key as an HTTP header, or as gRPC metadata (``grpc``)."""
-        return {f"{GRPC_PREFIX}{KEY_HEADER}" if grpc else KEY_HEADER: self.key}
-
-    def inference_headers(self, grpc: bool = False) -> dict[str, str]:
-        return self.admin_headers(grpc) if self.protect_inference else {}
-
-    def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
-        with os.fdopen(descriptor, "w") as file:
-            json.dump({"header": KEY_HEADER, "key": self.key, "protect_inference": self.protect_inference}, file)
-
-    @classmethod
-    def read(cls, path: Path) -> TritonAccess | None:
-        """The key a running server was started with; None when there is no key file (no server started here)."""
-        try:
-            record = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            return None
-        return cls(record["key"], record["protect_inference"])
 
 
 def triton_home() -> Path:
@@ -152,8 +109,6 @@ def start_triton(repository: Path, ports: TritonPorts, log_file: Path, timeout: 
     The key goes to ``key_file`` (default: ``triton_key.json`` beside the log) before the server starts. The
     supervisor probes every model each ``heal_interval`` seconds (0: never, for tests that count requests).
     """
-    from scripts.serving.servers import stop_process, wait_ready
-
     access = TritonAccess(protect_inference=protect_inference)
     key_file = key_file or log_file.parent / "triton_key.json"
     access.write(key_file)

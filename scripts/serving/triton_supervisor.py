@@ -37,8 +37,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from scripts.serving.health import triton_health
+from scripts.serving.keys import TritonAccess
 from scripts.serving.probe import triton_probes
-from scripts.serving.triton_server import TritonAccess, TritonPorts, triton_command, triton_environment
+from scripts.serving.triton_server import TritonPorts, triton_command, triton_environment
 
 LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
 PERSISTENT_FAILURES = 3  # probes in a row before a model that is not known dead is reloaded

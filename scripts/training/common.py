@@ -14,9 +14,8 @@ from torch import nn
 from tqdm import tqdm
 
 from handlers.artifact import Manifest, read_held_out, write_artifact_manifest
-from handlers.self_check import record_self_check
+from handlers.self_check import FP32_TOLERANCE, record_self_check
 from handlers.tasks import load_pipeline
-from scripts.packaging.acceptance import FP32
 
 
 def seed_everything(seed: int) -> None:
@@ -86,5 +85,5 @@ def write_artifact(out, manifest: Manifest, pipeline: type | None = None) -> Non
         manifest.pipeline = {"file": "pipeline.py", "class": pipeline.__name__}
     write_artifact_manifest(out, manifest)
     rows, _ = read_held_out(out)
-    record_self_check(out, load_pipeline(out, manifest=manifest, self_check=False), rows, FP32.max_deviation)
+    record_self_check(out, load_pipeline(out, manifest=manifest, self_check=False), rows, FP32_TOLERANCE)
     write_artifact_manifest(out, manifest)

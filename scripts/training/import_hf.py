@@ -63,6 +63,9 @@ class ImportRefused(ValueError):
 
 
 def load_checkpoint(source: Path):
+    if not source.is_dir():
+        raise ImportRefused(f"{source} {'is not a directory' if source.exists() else 'does not exist'}: pass a "
+                            "Hugging Face model directory (config.json, weights, tokenizer files)")  # fmt: skip
     if not (source / "config.json").is_file():
         raise ImportRefused(f"{source} has no config.json: not a Hugging Face model directory")
     config = AutoConfig.from_pretrained(source, local_files_only=True)

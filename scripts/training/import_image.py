@@ -9,9 +9,11 @@
 
 The model takes one float32 tensor ``[batch, channels, H, W]`` and returns class logits ``[batch, classes]``; the
 answer is the built-in image task's (label, probability, top-k). Preprocessing, as your training did it:
-``--resize shorter_side`` resizes the shorter side to ``--resize-shorter`` (default 256/224 of the crop) then
-centre-crops H x W (torchvision's classic Resize + CenterCrop); ``plain`` resizes straight to H x W. Pixels go to
-0..1, then ``(x - mean) / std`` per channel. Clients send encoded images of any size and mode, or JSON/Triton pixel
+``--resize plain`` (the default) resizes straight to H x W, torchvision's ``Resize((H, W))``: an image already of
+that size passes unchanged. ``--resize shorter_side`` resizes the shorter side to ``--resize-shorter`` (default
+256/224 of the crop) then centre-crops H x W, torchvision's ``Resize(S)`` + ``CenterCrop((H, W))``, the classic
+ImageNet evaluation transform: choose it for ImageNet-style models. Pixels go to 0..1, then ``(x - mean) / std``
+per channel. Clients send encoded images of any size and mode, or JSON/Triton pixel
 arrays of the model's shape on the 0..255 scale.
 
 ``--held-out DIR`` (one sub-folder per label, images inside) gives exports and the load-time self-check their rows
@@ -71,7 +73,7 @@ def read_image_folder(directory: Path, labels: list[str]) -> tuple[list[bytes], 
 
 
 def import_image(fmt: str, source: Path, out: Path, labels_file: Path, size: tuple[int, int], channels: int = 3,
-                 mean: list[float] | None = None, std: list[float] | None = None, resize: str = "shorter_side",
+                 mean: list[float] | None = None, std: list[float] | None = None, resize: str = "plain",
                  resize_shorter: int | None = None, interpolation: str = "bilinear", held_out: Path | None = None,
                  name: str | None = None) -> Manifest:  # fmt: skip
     source, out = Path(source), Path(out)
@@ -145,7 +147,9 @@ def main(argv: list[str] | None = None, fmt: str = "torchscript") -> None:
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
     parser.add_argument("--mean", type=float, nargs="+", help="per channel, on the 0..1 scale")
     parser.add_argument("--std", type=float, nargs="+", help="per channel, on the 0..1 scale")
-    parser.add_argument("--resize", choices=["shorter_side", "plain"], default="shorter_side")
+    resize_help = ("plain (default): torchvision's Resize((H, W)), an image of the input size passes unchanged; "
+                   "shorter_side: Resize(S) + CenterCrop((H, W)), for ImageNet-style models")  # fmt: skip
+    parser.add_argument("--resize", choices=["plain", "shorter_side"], default="plain", help=resize_help)
     parser.add_argument("--resize-shorter", type=int, help="shorter side before the crop (default: 256/224 of it)")
     parser.add_argument("--interpolation", choices=["bilinear", "box"], default="bilinear")
     parser.add_argument("--held-out", type=Path, help="a folder with one sub-folder of images per label")

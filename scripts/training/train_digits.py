@@ -21,7 +21,7 @@ from torch import nn
 
 from handlers.artifact import Manifest, write_held_out
 from handlers.nets import build_module
-from scripts import ARTIFACTS_DIR
+from scripts import ARTIFACTS_DIR, at_least
 from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
 
 PIXEL_MAX = 16.0
@@ -87,7 +87,7 @@ def train(out: Path, epochs: int = 30, seed: int = 0) -> Manifest:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR / "digits")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=at_least(1), default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     train(args.out, args.epochs, args.seed)

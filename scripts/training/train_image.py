@@ -26,6 +26,7 @@ from handlers.artifact import Manifest, write_held_out
 from handlers.errors import ServingError
 from handlers.nets import build_module
 from handlers.tasks.image import ImageClassifier
+from scripts import at_least
 from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
 from scripts.training.import_image import IMAGE_SUFFIXES
 from scripts.training.text_data import DataError
@@ -35,7 +36,10 @@ GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 def read_folder(data: Path) -> tuple[list[str], list[Path], list[int]]:
     """``(labels, image paths, label indices)``; a label folder without images is refused by name."""
-    folders = sorted(p for p in Path(data).iterdir() if p.is_dir()) if Path(data).is_dir() else []
+    if not Path(data).is_dir():
+        raise DataError(f"{data} {'is not a folder' if Path(data).exists() else 'does not exist'}: --data takes a "
+                        "folder with one sub-folder of images per label")  # fmt: skip
+    folders = sorted(p for p in Path(data).iterdir() if p.is_dir())
     if len(folders) < 2:
         raise DataError(f"{data}: expected one sub-folder of images per label, at least two; found {len(folders)}")
     labels, paths, targets = [f.name for f in folders], [], []
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--size", type=int, nargs=2, default=[32, 32], metavar=("H", "W"))
     parser.add_argument("--channels", type=int, choices=[1, 3], help="default: 1 if every image is grey, else 3")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=at_least(1), default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:

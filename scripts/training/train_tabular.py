@@ -38,7 +38,7 @@ from torch import nn
 from handlers.artifact import Manifest, write_held_out
 from handlers.nets import build_module
 from handlers.tasks.tabular import FeatureSchema
-from scripts import ARTIFACTS_DIR
+from scripts import ARTIFACTS_DIR, at_least
 from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
 
 MAX_CLASSES_INFERRED = 10  # a whole-number target with more distinct values is taken for a quantity
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> Manifest:
     parser.add_argument("--model", choices=["auto", "logistic", "softmax", "mlp", "linear"], default="auto")
     parser.add_argument("--name", help="model name on the servers (default: the CSV's or example's name)")
     parser.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME)")
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=at_least(1), default=100)
     parser.add_argument("--seed", type=int, default=0)
     impute_help = "allow empty cells: fill them (and missing features at serving) from the training rows"
     parser.add_argument("--impute", action="store_true", help=impute_help)

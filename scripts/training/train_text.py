@@ -31,11 +31,10 @@ from tqdm import tqdm  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
-from scripts import ARTIFACTS_DIR  # noqa: E402
+from handlers.tasks.text import MAX_LENGTH  # noqa: E402
+from scripts import ARTIFACTS_DIR, at_least  # noqa: E402
 from scripts.training.common import seed_everything, warmup_linear_schedule, write_artifact  # noqa: E402
 from scripts.training.text_data import DATA_NAME, LABELS, DataError, read_labelled_texts, sentiment_split  # noqa: E402
-
-MAX_LENGTH = 128
 
 
 def predict(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR / "sentiment")
     parser.add_argument("--train-size", type=int, default=4000)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=at_least(1), default=1)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="your labelled texts: CSV (header row) or JSONL")

@@ -9,8 +9,12 @@ import pytest
 
 from handlers.artifact import read_manifest
 from scripts.packaging.build import build
-from scripts.serving.servers import free_ports, start_torchserve, stop_process
+from scripts.serving.processes import free_ports, stop_process
+from scripts.serving.servers import start_torchserve
 from scripts.serving.triton_server import TritonInstance, TritonPorts, start_triton
+from tests.fixtures.hf import ARCHITECTURES as HF_ARCHITECTURES
+from tests.fixtures.image_import import FILES as IMAGE_FILES
+from tests.fixtures.tabular import CASES as TABULAR
 
 
 def pytest_collection_modifyitems(items):
@@ -19,47 +23,75 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def served_artifacts(
-    digits_artifact, text_artifact, tabular_artifacts, hf_artifacts, image_imports, user_pipeline_artifact
-) -> list:
-    """Every artifact the session's servers load: one fixture per task (tests/fixtures/), the imported models, and
-    a user's own pipeline file."""
-    imported = [*hf_artifacts.values(), *image_imports.values()]
-    return [digits_artifact, text_artifact, *tabular_artifacts, *imported, user_pipeline_artifact]
-
-
 # Exports served beside the eager models, as <name>_<format> (tests/integration/test_formats_serving.py), and
 # Triton ensembles whose network runs on the Python backend, the only one this tritonserver build has.
 SERVED_EXPORTS = [("digits", "onnx_int8"), ("sentiment", "onnx_int8")]
 SERVED_ENSEMBLES = [("digits", "torchscript"), ("sentiment", "onnx")]
+ENSEMBLE = {"model_store": None, "triton_ensemble": "python"}  # on Triton only
+
+# Every model the servers can load, by the name it is served as -> (its artifact, from the fixture that trains,
+# imports or exports it: ``get`` is ``request.getfixturevalue``; build options). Only the models the collected tests
+# declare are made: ``pytestmark = pytest.mark.models(...)``.
+MODELS = {
+    "digits": (lambda get: get("digits_artifact"), {}),
+    "sentiment": (lambda get: get("text_artifact"), {}),
+    "char_gru": (lambda get: get("user_pipeline_artifact"), {}),
+    **{n: (lambda get, n=n: get("tabular_cases")[n].artifact, {}) for n in TABULAR},
+    **{f"hf_{a}": (lambda get, a=a: get("hf_artifacts")[a], {}) for a in HF_ARCHITECTURES},
+    **{f"pets_{f}": (lambda get, f=f: get("image_imports")[f], {}) for f in IMAGE_FILES},
+    **{f"{n}_{f}": (lambda get, n=n, f=f: get("exported")(n, f), {}) for n, f in SERVED_EXPORTS},
+    **{f"{n}_ensemble": (lambda get, n=n, f=f: get("exported")(n, f), ENSEMBLE) for n, f in SERVED_ENSEMBLES},
+}
+SERVERS = {"built_models", "torchserve", "triton"}
+
+
+def declared(item: pytest.Item) -> set[str]:
+    return {model for mark in item.iter_markers("models") for model in mark.args}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test on the shared servers says which models it uses, or fails here (rather than on a missing model)."""
+    if SERVERS & set(item.fixturenames):
+        if not declared(item):
+            pytest.fail("declare the models this test uses: pytestmark = pytest.mark.models(...)", pytrace=False)
+        if unknown := declared(item) - MODELS.keys():
+            known = ", ".join(sorted(MODELS))
+            pytest.fail(f"pytest.mark.models names unknown models {sorted(unknown)}; known: {known}", pytrace=False)
 
 
 @dataclass
 class BuiltModels:
     root: Path
+    models: set[str]  # built or refused: what the collected tests declared
     refused: dict[str, str]  # model name -> why its export was refused (the servers start without it)
 
     def require(self, model: str) -> None:
-        """Fail the calling test, and only it, when its model could not be built."""
+        """Fail the calling test, and only it, when its model was not built."""
+        if model not in self.models:
+            pytest.fail(f"{model} was not built: no collected test declares it (pytest.mark.models)", pytrace=False)
         if model in self.refused:
             pytest.fail(f"{model} was not built: {self.refused[model]}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def built_models(served_artifacts, exported, tmp_path_factory) -> BuiltModels:
-    built = BuiltModels(tmp_path_factory.mktemp("serving"), {})
+def built_models(request, tmp_path_factory) -> BuiltModels:
+    """The models the collected tests on the servers declare, each trained, imported or exported and built here."""
+    wanted = set().union(*(declared(item) for item in request.session.items if SERVERS & set(item.fixturenames)))
+    built = BuiltModels(tmp_path_factory.mktemp("serving"), wanted & MODELS.keys(), {})
     where = {"model_store": built.root / "model_store", "triton_repository": built.root / "model_repository"}
-    for artifact in served_artifacts:  # as trained (eager, what the task tests compare with) or as imported
-        build(artifact, **where, fmt="eager" if read_manifest(artifact).model["format"] == "eager" else None)
-    exports = [(name, fmt, f"{name}_{fmt}", where) for name, fmt in SERVED_EXPORTS]
-    ensemble_where = {"triton_repository": where["triton_repository"], "model_store": None, "triton_ensemble": "python"}
-    exports += [(name, fmt, f"{name}_ensemble", ensemble_where) for name, fmt in SERVED_ENSEMBLES]
-    for name, fmt, model, options in exports:
+    for directory in where.values():
+        directory.mkdir()  # both servers start, whatever was built
+    for model in sorted(built.models):
+        artifact, options = MODELS[model]
         try:
-            build(exported(name, fmt), name=model, **options)
+            path = artifact(request.getfixturevalue)
         except pytest.fail.Exception as refused:  # the export fixture's refusal: that model only is missing
             built.refused[model] = str(refused)
+            continue
+        # As trained (eager, what the task tests compare with), as imported, or as exported.
+        fmt = "eager" if read_manifest(path).model["format"] == "eager" else None
+        build(path, name=model, fmt=fmt, **(where | options))
     return built
 
 

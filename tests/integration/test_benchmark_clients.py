@@ -10,6 +10,8 @@ from scripts.benchmarking.grpc_load import GrpcLoad, split
 from scripts.benchmarking.workloads import image_model, text_model
 from scripts.benchmarking.wrk_load import wrk_point
 
+pytestmark = pytest.mark.models("digits", "sentiment")
+
 
 @pytest.mark.parametrize("series", ["torchserve_rest", "triton_http"])
 @pytest.mark.parametrize("model", ["digits", "sentiment"])

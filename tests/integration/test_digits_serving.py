@@ -18,8 +18,10 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from handlers.tasks import load_pipeline
+from scripts.serving.keys import bearer
 from scripts.serving.samples import digit_png, triton_image_input
-from scripts.serving.servers import bearer
+
+pytestmark = pytest.mark.models("digits")
 
 N = 30  # held-out digits sent to each server (one Triton request holds at most max_batch_size=32 rows)
 

@@ -16,12 +16,16 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from scripts.serving.health import torchserve_health, triton_health
+from scripts.serving.keys import GRPC_PREFIX, KEY_HEADER, bearer
+from scripts.serving.processes import free_ports, stop_process
 from scripts.serving.samples import digit_png
-from scripts.serving.servers import bearer, free_ports, start_torchserve, stop_process
+from scripts.serving.servers import start_torchserve
 from scripts.serving.soak import Servers, soak
-from scripts.serving.triton_server import GRPC_PREFIX, KEY_HEADER, TritonPorts, start_triton
+from scripts.serving.triton_server import TritonPorts, start_triton
 
 MODELS = ["digits", "sentiment"]
+
+pytestmark = pytest.mark.models(*MODELS, "digits_ensemble")  # the deep health test expects an ensemble too
 
 
 @pytest.fixture(scope="module")

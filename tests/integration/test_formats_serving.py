@@ -14,9 +14,13 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from handlers.tasks import load_pipeline
+from scripts.serving.keys import bearer
 from scripts.serving.samples import digit_png, triton_bytes_input
-from scripts.serving.servers import bearer
 from tests.integration.conftest import SERVED_ENSEMBLES, SERVED_EXPORTS
+
+pytestmark = pytest.mark.models(
+    *(f"{n}_{f}" for n, f in SERVED_EXPORTS), *(f"{n}_ensemble" for n, _ in SERVED_ENSEMBLES)
+)
 
 N = 12
 INPUT = {"digits": "IMAGE", "sentiment": "TEXT"}

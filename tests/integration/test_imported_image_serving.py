@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from scripts.serving.keys import bearer
 from scripts.serving.samples import triton_bytes_input
-from scripts.serving.servers import bearer
 from tests.fixtures.image_import import LABELS, reference_probabilities
 from tests.unit.test_import_image import IMAGES
+
+pytestmark = pytest.mark.models("pets_torchscript", "pets_onnx")
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

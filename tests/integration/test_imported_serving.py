@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 
+from scripts.serving.keys import bearer
 from scripts.serving.samples import triton_bytes_input
-from scripts.serving.servers import bearer
 from tests.fixtures.hf import LABELS
 from tests.unit.test_import_hf import ARCHITECTURES, TEXTS, reference_probabilities
+
+pytestmark = pytest.mark.models(*(f"hf_{architecture}" for architecture in ARCHITECTURES))
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

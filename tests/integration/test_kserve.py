@@ -22,7 +22,7 @@ import yaml
 
 from handlers.open_inference import encode_output
 from scripts import REPO_ROOT
-from scripts.serving.servers import free_port, free_ports, stop_process, wait_ready
+from scripts.serving.processes import free_port, free_ports, stop_process, wait_ready
 
 TOLERANCE = 1e-5
 STORAGE = "pvc://models/maas"

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from handlers.open_inference import encode_output
-from scripts.serving.servers import bearer
+from scripts.serving.keys import bearer
+
+pytestmark = pytest.mark.models("digits", "sentiment")
 
 TOLERANCE = 1e-5
 

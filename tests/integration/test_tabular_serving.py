@@ -19,10 +19,12 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from handlers.tasks import load_pipeline
-from scripts.serving.servers import bearer
+from scripts.serving.keys import bearer
 
 CASES = ["breast_cancer", "wine", "diabetes", "plants"]
 ROWS = 32  # rows per request: max_rows_per_request and Triton's max_batch_size
+
+pytestmark = pytest.mark.models(*CASES)
 
 
 @pytest.fixture(scope="module")

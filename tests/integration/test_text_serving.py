@@ -14,8 +14,10 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from handlers.tasks import load_pipeline
+from scripts.serving.keys import bearer
 from scripts.serving.samples import triton_text_input
-from scripts.serving.servers import bearer
+
+pytestmark = pytest.mark.models("sentiment")
 
 N = 24
 LONG_TEXT = "An overlong, tedious and joyless slog that never finds its footing. " * 150  # ~1,900 tokens

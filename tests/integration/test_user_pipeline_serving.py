@@ -9,8 +9,10 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from handlers.tasks import load_pipeline
+from scripts.serving.keys import bearer
 from scripts.serving.samples import triton_bytes_input
-from scripts.serving.servers import bearer
+
+pytestmark = pytest.mark.models("char_gru")
 
 TEXTS = ["Great fun from start to finish.", "A bore.", "Neither good nor bad, " * 20]
 

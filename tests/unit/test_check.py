@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from scripts.cli import main as maas
-from scripts.serving.check import check
+from scripts.packaging.check import check
 from scripts.serving.samples import digit_png
 
 

@@ -50,11 +50,24 @@ def tensors(draw) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def pipelines(digits_artifact, text_artifact, tabular_cases, user_pipeline_artifact) -> dict:
-    artifacts = {"digits": digits_artifact, "text": text_artifact, "plants": tabular_cases["plants"].artifact,
-                 "diabetes": tabular_cases["diabetes"].artifact, "user_gru": user_pipeline_artifact}  # fmt: skip
-    return {name: load_pipeline(path) for name, path in artifacts.items()}
+ARTIFACTS = {  # model -> its artifact, from the session's fixtures; only the ones a selected test asks for are made
+    "digits": lambda get: get("digits_artifact"),
+    "text": lambda get: get("text_artifact"),
+    "plants": lambda get: get("tabular_cases")["plants"].artifact,
+    "diabetes": lambda get: get("tabular_cases")["diabetes"].artifact,
+    "user_gru": lambda get: get("user_pipeline_artifact"),
+}
+
+
+LOADED: dict = {}
+
+
+@pytest.fixture
+def pipeline(request, model):
+    """The model's pipeline, loaded once per session (its artifact is a session fixture)."""
+    if model not in LOADED:
+        LOADED[model] = load_pipeline(ARTIFACTS[model](request.getfixturevalue))
+    return LOADED[model]
 
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -63,8 +76,8 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @pytest.mark.parametrize("model", ["digits", "text", "plants", "diabetes", "user_gru"])
 @FUZZ
 @given(bodies=st.lists(BODIES, min_size=1, max_size=4))
-def test_any_json_or_bytes_gets_its_own_answer_or_4xx(pipelines, model, bodies):
-    answers = pipelines[model].handle_json(bodies)
+def test_any_json_or_bytes_gets_its_own_answer_or_4xx(pipeline, bodies):
+    answers = pipeline.handle_json(bodies)
     assert len(answers) == len(bodies)
     for status, body in answers:
         assert status == 200 or 400 <= status < 500, body
@@ -75,8 +88,8 @@ def test_any_json_or_bytes_gets_its_own_answer_or_4xx(pipelines, model, bodies):
 @pytest.mark.parametrize("model", ["digits", "text", "plants", "diabetes", "user_gru"])
 @FUZZ
 @given(requests=st.lists(tensors(), min_size=1, max_size=3))
-def test_any_tensors_get_their_own_answer_or_4xx(pipelines, model, requests):
-    outcomes = pipelines[model].handle_tensors(requests)
+def test_any_tensors_get_their_own_answer_or_4xx(pipeline, requests):
+    outcomes = pipeline.handle_tensors(requests)
     assert len(outcomes) == len(requests)
     for outcome in outcomes:
         if isinstance(outcome, ServingError):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from handlers.artifact import read_held_out, read_manifest
 from handlers.tasks import load_pipeline
@@ -70,3 +72,20 @@ def test_refusals_name_what_is_wrong(image_imports, tmp_path):
         import_image("torchscript", source, tmp_path / "d", labels, SIZE, 3, held_out=tmp_path / "val")
     assert not any((tmp_path / d).exists() for d in "abd")
     assert json.loads((image_imports["torchscript"] / "pipeline.json").read_text())["task"] == "image_classification"
+
+
+def test_by_default_an_image_of_the_input_size_reaches_the_model_unchanged(image_imports, tmp_path):
+    """``--resize plain`` is the default: a PNG already H x W is not resized or cropped on its way in."""
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS))
+    source = image_imports["onnx"] / "model.onnx"
+    command = ["import", "onnx", str(source), "--out", str(tmp_path / "a"), "--labels", str(tmp_path / "labels.txt"),
+               "--input-size", *map(str, SIZE)]  # fmt: skip
+    assert maas(command) == 0
+    pipeline = load_pipeline(tmp_path / "a")
+    assert pipeline.manifest.preprocess["resize"] == "plain"
+    image = photo(SIZE[1], SIZE[0], 5)
+    raw = np.asarray(Image.open(io.BytesIO(image)), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    np.testing.assert_array_equal(pipeline.preprocess(image), raw)
+    shorter = load_pipeline(image_imports["onnx"])  # imported with shorter_side: resized up, then cropped back
+    assert not np.allclose(shorter.preprocess(image) * np.array(STD)[:, None, None] + np.array(MEAN)[:, None, None],
+                           raw, atol=1e-3)  # fmt: skip

@@ -13,6 +13,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from handlers.artifact import read_manifest
+from handlers.settings import ServingSettings
 from scripts.packaging.build import build, for_server
 
 
@@ -73,16 +74,16 @@ def test_per_server_settings_and_the_naive_build(digits_artifact, tmp_path):
     # the handlers run with the build's settings too: the packaged manifest carries them
     with zipfile.ZipFile(tmp_path / "store" / "two.mar") as mar:
         assert json.loads(mar.read("artifact/pipeline.json"))["serving"]["workers"] == 2
-    assert read_manifest(tmp_path / "repo" / "two" / "1" / "artifact").serving["workers"] == 2
-    assert read_manifest(digits_artifact).serving.get("workers") is None  # the artifact itself is untouched
+    assert read_manifest(tmp_path / "repo" / "two" / "1" / "artifact").serving.workers == 2
+    assert read_manifest(digits_artifact).serving.workers == 1  # the artifact itself is untouched
     with pytest.raises(ValueError, match="serving.workers must be at least 1, not 0"):
         build(digits_artifact, tmp_path / "store", None, name="none", serving={"workers": 0})
 
     manifest = read_manifest(digits_artifact)
-    manifest.serving = {"max_batch_delay_ms": 5, "triton": {"max_batch_delay_ms": 2}}
-    assert for_server(manifest, "triton", None).serving["max_batch_delay_ms"] == 2
-    assert for_server(manifest, "torchserve", None).serving["max_batch_delay_ms"] == 5
-    assert for_server(manifest, "triton", {"max_batch_delay_ms": 3}).serving["max_batch_delay_ms"] == 3
+    manifest.serving = ServingSettings.from_dict({"max_batch_delay_ms": 5, "triton": {"max_batch_delay_ms": 2}})
+    assert for_server(manifest, "triton", None).serving.max_batch_delay_ms == 2
+    assert for_server(manifest, "torchserve", None).serving.max_batch_delay_ms == 5
+    assert for_server(manifest, "triton", {"max_batch_delay_ms": 3}).serving.max_batch_delay_ms == 3
 
 
 def test_an_artifact_named_like_its_model_in_the_temp_dir_survives_the_build(digits_artifact, tmp_path, monkeypatch):

@@ -16,16 +16,20 @@ from tritonclient.utils import InferenceServerException
 from handlers.artifact import read_manifest
 from handlers.log_limit import RateLimit
 from handlers.tasks import load_pipeline
+from scripts.packaging.probe import encode_tensor, make_probe
 from scripts.serving.client import RetryPolicy, TorchServeClient, triton_transient
-from scripts.serving.probe import make_probe, torchserve_body, triton_inputs
-from scripts.serving.servers import free_ports
-from scripts.serving.triton_server import ADMIN_APIS, KEY_HEADER, TritonAccess
+from scripts.serving.keys import ADMIN_APIS, KEY_HEADER, TritonAccess
+from scripts.serving.pod_probe import torchserve_body
+from scripts.serving.probe import decode_tensor, triton_inputs
+from scripts.serving.processes import free_ports
 
 
 # ---- deep health probes ----------------------------------------------------------------------------------
 @pytest.fixture(params=["digits", "text", "tabular"])
-def artifact(request, digits_artifact, text_artifact, tabular_artifacts):
-    return {"digits": digits_artifact, "text": text_artifact, "tabular": tabular_artifacts[0]}[request.param]
+def artifact(request):
+    if request.param == "tabular":
+        return request.getfixturevalue("tabular_artifacts")[0]
+    return request.getfixturevalue(f"{request.param}_artifact")  # only the one asked for is trained
 
 
 def test_a_probe_is_answered_through_both_servers_contracts(artifact):
@@ -142,8 +146,6 @@ def test_the_triton_key_restricts_every_admin_api_and_optionally_inference(tmp_p
 
 
 def test_probe_tensors_keep_their_dtype():
-    from scripts.serving.probe import decode_tensor, encode_tensor
-
     for array in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[b"\x00\xffpng"]], dtype=np.object_)):
         back = decode_tensor(encode_tensor("X", array))
         assert back.dtype == array.dtype and back.shape == array.shape and (back == array).all()

@@ -94,6 +94,7 @@ def read_body(path: Path) -> Any:
 
 
 def check(artifact: Path, inputs: list[Path]) -> list[dict]:
+    read_manifest(artifact)  # refused here, naming the user's path (the handlers see it under a temporary one)
     bodies = [read_body(path) for path in inputs]
     torchserve = torchserve_side(artifact, bodies)
     triton = triton_side(artifact, bodies)

@@ -2,10 +2,11 @@
 
     python3 /mnt/models/config/maas_probe.py [CONFIG_PROPERTIES]
 
-Copied into each TorchServe layout by ``maas deploy kserve``, because the runtime image need not hold this
-project. It reads the models from the config's ``model_snapshot``, sends each the ``probe.json`` its archive was
-built with (a held-out row) at ``inference_address``, and exits 1 unless every one answered 200 within 5 s:
-a model whose worker died reads as dead here even while TorchServe's /ping says healthy.
+Copied into each TorchServe layout as ``config/maas_probe.py`` by ``maas deploy kserve``
+(``scripts/deploy/kserve_layout.py``), because the runtime image need not hold this project: it runs alone, so it
+imports nothing but the standard library. It reads the models from the config's ``model_snapshot``, sends each the
+``probe.json`` its archive was built with (a held-out row) at ``inference_address``, and exits 1 unless every one
+answered 200 within 5 s: a model whose worker died reads as dead here even while TorchServe's /ping says healthy.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def read_properties(path: Path) -> dict[str, str]:
 
 
 def torchserve_body(probe: dict) -> tuple[bytes, str]:
-    """A probe's TorchServe request: body bytes and content type (``scripts/serving/probe.py`` uses it too)."""
+    """A probe's TorchServe request: body bytes and content type (``health.py`` and ``soak.py`` use it too)."""
     wire = probe["torchserve"]
     if "base64" in wire:
         return base64.b64decode(wire["base64"]), "application/octet-stream"
