@@ -12,7 +12,7 @@
     maas serve status [--json]           deep health: a real inference per model on each server (a k8s probe)
     maas soak --requests N --kill-every K   load both servers, kill workers/stubs, count lost and wrong answers
     maas deploy kserve ARTIFACT... --storage-uri URI   KServe storage layouts + InferenceService manifests
-    maas deploy check DIR                re-validate them (kserve SDK models) after an edit
+    maas deploy check DIR                check them against KServe's CRD schemas and rules (after an edit)
     maas samples                         send sample requests to the running servers
     maas bench serving|formats|int8      the benchmarks (reports/)
     maas bench profile                   py-spy on each server's worker under wrk load (reports/profile/)

@@ -1,14 +1,17 @@
-"""Hand trained artifacts to KServe: storage layouts, InferenceServices and ServingRuntimes.
+"""Hand trained artifacts to KServe (>= 0.16): storage layouts, InferenceServices and ServingRuntimes.
 
     maas deploy kserve artifacts/digits artifacts/sentiment --storage-uri s3://my-bucket/maas [--out deploy/kserve]
         [--min-replicas 1 --max-replicas 4 --scale-metric cpu --scale-target 70 --mode Standard|Knative]
-        [--cpu 2 --memory 4Gi] [--torchserve-image IMAGE] [--triton-image IMAGE] [--image-root /opt/maas]
-    maas deploy check deploy/kserve     # re-validate the layouts and manifests (after an edit)
+        [--cpu 2 --memory 4Gi --shm-size 1Gi --run-as-user 1000] [--torchserve-image IMAGE] [--triton-image IMAGE]
+        [--image-root /opt/maas]
+    maas deploy check deploy/kserve     # KServe's CRD schemas and rules, and the layouts (after an edit)
 
 Writes ``<out>/torchserve/<model>/`` and ``<out>/triton/<model>/`` (``scripts/deploy/kserve_layout.py``) and
-``<out>/manifests/``: one InferenceService per model and server (storageUri ``<storage-uri>/<server>/<model>``)
+``<out>/manifests/``: one InferenceService per model and server (storageUri ``<storage-uri>/<server>/<model>/``)
 and the two ServingRuntimes they name. Copy ``<out>/torchserve`` and ``<out>/triton`` to the storage URI, then
-``kubectl apply -f <out>/manifests``. Every file is checked before the command returns.
+``kubectl apply -f <out>/manifests``. Every file is checked before the command returns: each manifest against
+KServe's own CRD schema, strictly (``kserve_schema.py``), and its admission rules (``kserve_rules.py``), then each
+layout against the manifest that serves it.
 """
 
 from __future__ import annotations
@@ -25,76 +28,53 @@ from handlers.artifact import read_manifest
 from handlers.formats import FORMATS
 from handlers.settings import SERVERS
 from scripts import REPO_ROOT
-from scripts.deploy.kserve_layout import (
-    LayoutError,
-    check_torchserve_layout,
-    check_triton_layout,
-    finish_torchserve_layout,
-)
+from scripts.deploy.kserve_check import check, check_manifests
+from scripts.deploy.kserve_layout import LayoutError, finish_torchserve_layout
 from scripts.deploy.kserve_manifests import (
     MODES,
     ManifestError,
+    Runtimes,
     Scaling,
     inference_service,
-    load_manifest,
     torchserve_runtime,
     triton_runtime,
     write_manifest,
 )
 
 
-def deploy(artifacts: list[Path], out: Path, storage_uri: str, scaling: Scaling, images: dict[str, str],
-           image_root: Path, fmt: str | None = None) -> list[Path]:  # fmt: skip
-    """Write the layouts and manifests for ``artifacts``; return the manifest files."""
-    manifests = out / "manifests"
+def write_manifests(folder: Path, models: list[str], storage_uri: str, scaling: Scaling,
+                    runtimes: Runtimes) -> list[Path]:  # fmt: skip
+    runtimes.check_fits(scaling)
     written = [
-        write_manifest(torchserve_runtime(images["torchserve"]), manifests / "servingruntime-torchserve.yaml"),
-        write_manifest(triton_runtime(images["triton"], image_root), manifests / "servingruntime-triton.yaml"),
+        write_manifest(torchserve_runtime(runtimes), folder / "servingruntime-torchserve.yaml"),
+        write_manifest(triton_runtime(runtimes), folder / "servingruntime-triton.yaml"),
     ]
-    for artifact in artifacts:
-        model = read_manifest(artifact).name
+    for model in models:
+        for server in SERVERS:
+            service = inference_service(model, server, storage_uri, scaling, runtimes.image_root)
+            written.append(write_manifest(service, folder / f"{model}-{server}.yaml"))
+    return written
+
+
+def deploy(artifacts: list[Path], out: Path, storage_uri: str, scaling: Scaling, runtimes: Runtimes,
+           fmt: str | None = None) -> list[Path]:  # fmt: skip
+    """Write the layouts and manifests for ``artifacts``; return the manifest files."""
+    models = [read_manifest(artifact).name for artifact in artifacts]
+    written = write_manifests(out / "manifests", models, storage_uri, scaling, runtimes)
+    check_manifests(out / "manifests")  # KServe's rules first: building the layouts takes minutes
+    for artifact, model in zip(artifacts, models, strict=True):
         torchserve_layout, triton_layout = out / "torchserve" / model, out / "triton" / model
         shutil.rmtree(torchserve_layout, ignore_errors=True)
         # maas build in a process of its own: tritonclient.grpc and kserve each register the v2 protocol's
         # protobuf messages ("inference.ServerLiveRequest" ...), and one process cannot hold both.
         command = [sys.executable, "-m", "scripts.cli", "build", str(artifact), "--python-env",
-                   str(image_root / ".venv"), "--model-store", str(torchserve_layout / "model-store"),
+                   str(runtimes.image_root / ".venv"), "--model-store", str(torchserve_layout / "model-store"),
                    "--triton-repository", str(triton_layout), *(["--format", fmt] if fmt else [])]  # fmt: skip
         if subprocess.run(command, cwd=REPO_ROOT).returncode:  # maas build printed its one-line error
             raise LayoutError(f"{artifact}: maas build failed (the line above says why)")
         finish_torchserve_layout(torchserve_layout, model)
-        for server in SERVERS:
-            service = inference_service(model, server, f"{storage_uri.rstrip('/')}/{server}/{model}", scaling,
-                                        image_root)  # fmt: skip
-            written.append(write_manifest(service, manifests / f"{model}-{server}.yaml"))
     check(out)
     return written
-
-
-def check(out: Path) -> None:
-    """LayoutError or ManifestError naming the first file that KServe could not use as written."""
-    runtimes, services = set(), []
-    if not (out / "manifests").is_dir():
-        what = "does not exist" if not out.exists() else "has no manifests/ folder"
-        raise LayoutError(f"{out} {what}: expected a directory written by maas deploy kserve")
-    for path in sorted((out / "manifests").glob("*.yaml")):
-        obj = load_manifest(path)
-        if obj.kind == "ServingRuntime":
-            runtimes.add(obj.metadata.name)
-        else:
-            services.append((path, obj.spec.predictor.model))
-    if not services:
-        raise ManifestError(f"{out / 'manifests'} holds no InferenceService")
-    for path, model in services:
-        if model.runtime not in runtimes:
-            raise ManifestError(f"{path}: runtime {model.runtime!r} has no ServingRuntime in {out / 'manifests'}")
-        server, name = model.storage_uri.rstrip("/").split("/")[-2:]
-        layout = out / server / name
-        if server not in SERVERS or not layout.is_dir():
-            raise LayoutError(f"{path}: storageUri {model.storage_uri} should end /<server>/<model> of {layout}")
-        served = check_torchserve_layout(layout) if server == "torchserve" else check_triton_layout(layout)
-        if served != name:
-            raise LayoutError(f"{layout} serves {served!r}, but {path} expects {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     writer.add_argument("--storage-uri", required=True, help="where the layouts will be copied (s3://, gs://, pvc://)")
     writer.add_argument("--out", type=Path, default=REPO_ROOT / "deploy" / "kserve")
     writer.add_argument("--format", choices=FORMATS, help="model format (default: per task, as maas build)")
-    defaults = Scaling()
+    defaults, pods = Scaling(), Runtimes()
     writer.add_argument("--min-replicas", type=int, default=defaults.min_replicas)
     writer.add_argument("--max-replicas", type=int, default=defaults.max_replicas)
     writer.add_argument("--scale-metric", default=defaults.metric, choices=MODES["Knative"])
@@ -116,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     writer.add_argument("--mode", default=defaults.mode, choices=MODES, help="KServe deployment mode")
     writer.add_argument("--cpu", default=defaults.cpu, help="CPU request and limit per pod")
     writer.add_argument("--memory", default=defaults.memory, help="memory request and limit per pod")
-    writer.add_argument("--torchserve-image", default="maas-handlers/torchserve:latest")
-    writer.add_argument("--triton-image", default="maas-handlers/tritonserver:latest")
-    writer.add_argument("--image-root", type=Path, default=Path("/opt/maas"),
+    writer.add_argument("--shm-size", default=pods.shm_size,
+                        help="memory-backed /dev/shm of the Triton pods, below --memory")  # fmt: skip
+    writer.add_argument("--run-as-user", type=int, default=pods.run_as_user,
+                        help="numeric user id the runtimes' containers run as (not root)")  # fmt: skip
+    writer.add_argument("--torchserve-image", default=pods.torchserve_image)
+    writer.add_argument("--triton-image", default=pods.triton_image)
+    writer.add_argument("--image-root", type=Path, default=pods.image_root,
                         help="where the Triton image holds this project, set up by scripts/setup.sh")  # fmt: skip
     args = parser.parse_args(argv)
     try:
@@ -128,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         scaling = Scaling(args.min_replicas, args.max_replicas, args.scale_metric, args.scale_target, args.mode,
                           args.cpu, args.memory)  # fmt: skip
-        images = {"torchserve": args.torchserve_image, "triton": args.triton_image}
-        written = deploy(args.artifacts, args.out, args.storage_uri, scaling, images, args.image_root, args.format)
+        runtimes = Runtimes(args.torchserve_image, args.triton_image, args.image_root, args.run_as_user, args.shm_size)
+        written = deploy(args.artifacts, args.out, args.storage_uri, scaling, runtimes, args.format)
     except (LayoutError, ManifestError, FileNotFoundError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
         print(f"maas deploy: error: {exc}", file=sys.stderr)
         return 1

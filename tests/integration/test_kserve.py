@@ -72,7 +72,7 @@ def test_each_model_gets_an_inference_service_per_server_through_the_runtimes(de
             predictor = service["spec"]["predictor"]
             spec = predictor["model"]
             assert (service["kind"], service["metadata"]["name"]) == ("InferenceService", f"{model}-{server}")
-            assert spec["storageUri"] == f"{STORAGE}/{server}/{model}"
+            assert spec["storageUri"] == f"{STORAGE}/{server}/{model}/"
             assert (spec["runtime"], spec["modelFormat"]["name"], spec["protocolVersion"]) == (
                 runtime, model_format, "v2")  # fmt: skip
             assert spec["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{model}/ready"
@@ -96,9 +96,11 @@ def edit_manifest(path: Path, edit) -> None:
 
 MODEL = lambda data: data["spec"]["predictor"]["model"]  # noqa: E731
 EDITS = {
-    "misspelt": (lambda d: MODEL(d).update(storageURI=MODEL(d).pop("storageUri")), "has no field 'storageURI'"),
-    "misplaced": (lambda d: d["spec"].update(minReplicas=1), "has no field 'minReplicas'"),
-    "wrong type": (lambda d: d["spec"]["predictor"].update(maxReplicas="4"), "maxReplicas: expected int"),
+    "misspelt": (lambda d: MODEL(d).update(storageURI=MODEL(d).pop("storageUri")),
+                 "spec.predictor.model.storageURI: unknown field"),
+    "misplaced": (lambda d: d["spec"].update(minReplicas=1), "spec.minReplicas: unknown field"),
+    "wrong type": (lambda d: d["spec"]["predictor"].update(maxReplicas="4"),
+                   "spec.predictor.maxReplicas: expected integer"),
     "unknown runtime": (lambda d: MODEL(d).update(runtime="kserve-nothing"), "'kserve-nothing' has no ServingRuntime"),
 }  # fmt: skip
 
@@ -185,7 +187,8 @@ def start_triton_pod(deployed: Path, model: str, tmp: Path) -> dict:
     ports = dict(zip(("8080", "9000", "8002"), free_ports(3), strict=True))
     container = manifest(deployed, "servingruntime-triton")["spec"]["containers"][0]
     command = [in_pod(a, mnt, ports) for a in [*container["command"], *container["args"]]]
-    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # python -m from workingDir finds our code
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
     env["MAAS_TRITON_KEY"] = TRITON_KEY  # the Secret's value in a pod
     log = tmp / "triton.log"
     with open(log, "ab") as out:

@@ -57,6 +57,8 @@ SUBPROCESS_CASES = [
     ("deploy kserve /no/such --storage-uri s3://bucket/maas --out {tmp}/kserve", "/no/such"),
     ("deploy check /no/such", "/no/such"),
     ("deploy check {tmp}", "{tmp}"),
+    ("deploy kserve {artifact} --storage-uri s3://bucket/maas --out {tmp}/kserve --cpu two", "--cpu 'two'"),
+    ("deploy kserve {artifact} --storage-uri s3://bucket/maas --out {tmp}/kserve --shm-size 4Gi", "--shm-size 4Gi"),
 ]
 
 
