@@ -54,6 +54,43 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+class StagedResNet(nn.Module):
+    """A ResNet for images of any size: a 3x3 stem at full resolution, then one stage per halving, each a stride-2
+    residual block, then global average pooling and a linear head.
+
+    ``widths[0]`` is the stem's width and ``widths[1:]`` one per stage; the trainer picks as many stages as take the
+    input down to about 4x4 (``stage_widths``), so the receptive field covers the whole image before pooling. With
+    ``dropout`` the pooled features are dropped out in training (a no-op when serving).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, widths: Sequence[int] = (16, 32, 64, 128),
+                 dropout: float = 0.0):  # fmt: skip
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers.append(ResidualBlock(c_in, c_out, stride=2))
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x).mean(dim=(2, 3))))
+
+
+def stage_widths(height: int, width: int, stem: int = 16, cap: int = 256, smallest: int = 4) -> list[int]:
+    """``StagedResNet`` widths for an H x W input: halve until the shorter side is about ``smallest``, doubling the
+    width at each stage up to ``cap`` (32x32 -> [16, 32, 64, 128]: 16, 8, 4; 8x8 -> [16, 32]: one stage)."""
+    side, widths = min(height, width), [stem]
+    while side // 2 >= smallest:
+        side //= 2
+        widths.append(min(widths[-1] * 2, cap))
+    return widths if len(widths) > 1 else [stem, stem * 2]  # at least one stage, even below 8x8
+
+
 class FeedForward(nn.Module):
     """A feed-forward network for tables: ``hidden`` Linear+ReLU(+dropout) layers, then a linear head.
 
@@ -92,6 +129,7 @@ class LogisticRegression(FeedForward):
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "small_resnet": SmallResNet,
+    "resnet_stages": StagedResNet,
     "feed_forward": FeedForward,
     "logistic_regression": LogisticRegression,
 }

@@ -18,6 +18,7 @@
     maas bench profile                   py-spy on each server's worker under wrk load (reports/profile/)
     maas bench ab --a KEY=V [--b KEY=V]  two serving settings served at once, measured interleaved (reports/ab/)
     maas bench compression               a model and its compressed students: size, accuracy, speed (reports/)
+    maas bench train-image               maas train image's recipes vs a plain CNN on generated folders (reports/)
 
 ``maas COMMAND --help`` shows each command's options and an example. Each command is the ``main`` of a module
 under ``scripts/`` (``python -m scripts.X`` runs the same code).
@@ -57,6 +58,7 @@ COMMANDS = {
     ("bench", "profile"): "scripts.benchmarking.profile_servers",
     ("bench", "ab"): "scripts.benchmarking.ab",
     ("bench", "compression"): "scripts.benchmarking.compression_table",
+    ("bench", "train-image"): "scripts.benchmarking.train_image_bench",
 }
 
 

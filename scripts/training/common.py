@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import shutil
 import time
@@ -29,6 +30,18 @@ def warmup_linear_schedule(optimizer, steps: int):
     warmup = max(1, steps // 10)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
+    )
+
+
+def warmup_cosine_schedule(optimizer, steps: int, warmup: int):
+    """Learning rate: linear warm-up over ``warmup`` steps (Adam's early steps are noisy at the full rate), then a
+    cosine decay to 0 at ``steps``."""
+    warmup = max(1, warmup)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(
+            (s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, steps - warmup))))
+        ),
     )
 
 
