@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from handlers.artifact import read_held_out, read_manifest
 from handlers.tasks import load_pipeline
@@ -36,6 +35,7 @@ from scripts import ARTIFACTS_DIR, REPO_ROOT
 from scripts.benchmarking import benchmark_formats
 from scripts.benchmarking.bench_servers import interrupt
 from scripts.benchmarking.formats_report import write_reports
+from scripts.packaging.acceptance import accuracy_interval
 
 SPEED = ("triton_grpc", "c16")  # the throughput the front and the targets are read on
 TARGETS = (  # (name, baseline variant, which students, min speed-up, max accuracy loss)
@@ -53,12 +53,6 @@ def held_out_labels(artifact: Path, texts: list[str], batch: int = 32) -> np.nda
                                             for t in texts[i : i + batch]])  # fmt: skip
         labels += [o["LABEL"].reshape(-1)[0].decode() for o in outcomes]
     return np.array(labels)
-
-
-def accuracy_interval(right: int, n: int) -> tuple[float, float]:
-    low = 0.0 if right == 0 else stats.beta.ppf(0.025, right, n - right + 1)
-    high = 1.0 if right == n else stats.beta.ppf(0.975, right + 1, n - right)
-    return float(low), float(high)
 
 
 def variants(result: dict, teacher: str) -> list[dict]:

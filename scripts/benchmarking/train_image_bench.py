@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from scripts import REPO_ROOT
-from scripts.benchmarking.compression_table import accuracy_interval
+from scripts.packaging.acceptance import accuracy_interval
 from scripts.training.common import seed_everything
 from scripts.training.sample_images import write_digits, write_shapes
 from scripts.training.train_image import accuracy, load_split, train

@@ -64,6 +64,13 @@ def upper_bound_rate(events: int, n: int) -> float:
     return 1.0 if events == n else float(stats.beta.ppf(CONFIDENCE, events + 1, n - events))
 
 
+def accuracy_interval(right: int, n: int) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) two-sided 95% interval of an accuracy: the reports' error bars."""
+    low = 0.0 if right == 0 else stats.beta.ppf(0.025, right, n - right + 1)
+    high = 1.0 if right == n else stats.beta.ppf(0.975, right + 1, n - right)
+    return float(low), float(high)
+
+
 def accuracy_drop_bounds(eager_right: np.ndarray, export_right: np.ndarray) -> tuple[float, float, float]:
     """Paired accuracy drop (eager - export) and its one-sided bounds (Agresti & Min 2005 adjusted Wald)."""
     n = len(eager_right)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.benchmarking.compression_table import accuracy_interval, evaluate, mark_pareto
+from scripts.benchmarking.compression_table import evaluate, mark_pareto
+from scripts.packaging.acceptance import accuracy_interval
 
 
 def row(model, fmt, req_s, accuracy, *lineage):
