@@ -1,7 +1,7 @@
 """Train an image classifier on your own folder of images: one sub-folder per label.
 
     maas train image --data photos/ --out artifacts/photos [--size 32 32] [--channels 1|3] [--epochs 60]
-                     [--no-flip] [--recipe stages|small] [--base ARTIFACT]
+                     [--no-flip] [--recipe stages|small] [--base ARTIFACT | --base efficientnet-lite0]
 
 Images of any size and mode (PNG, JPEG, ...) are decoded exactly as the servers will decode them (the image task's
 own preprocessing: grey or RGB, resized to H x W with an area filter, scaled to 0..1, then normalised with the
@@ -14,10 +14,14 @@ per halving of the input down to about 4x4 (32x32: three stages, 16-128 channels
 random resized crops, horizontal flips (not with ``--no-flip``) and brightness/contrast jitter, AdamW with a
 warm-up and a cosine decay, and early stopping on a validation split of 15% of the training rows, restoring the
 best epoch's weights (``image_recipe.py``). Training and held-out accuracy are printed and recorded in the
-manifest: far apart means over-fitting, both low under-fitting. ``--base ARTIFACT`` starts from another artifact's
-network of this recipe, with a new head, keeping its input (size, channels, mean, std). ``--recipe small`` is the
-first recipe (the digits' two-stage network, no augmentation or validation split), kept for comparison (``maas
-bench train-image``).
+manifest: far apart means over-fitting, both low under-fitting.
+
+``--base ARTIFACT`` starts from another artifact's network of this recipe, with a new head, keeping its input (size,
+channels, mean, std). ``--base efficientnet-lite0`` fine-tunes an ImageNet-pretrained EfficientNet-Lite0
+(``pretrained.py``: weights from a package, saved as TorchScript, served with the backbone's own preprocessing: RGB,
+224 x 224 after a shorter-side resize and centre crop; a smaller ``--size`` trades accuracy for speed).
+``--recipe small`` is the first recipe (the digits' two-stage network, no augmentation or validation split), kept
+for comparison (``maas bench train-image``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from scripts import at_least
 from scripts.training.common import fit, predict_logits, seed_everything, write_artifact
 from scripts.training.image_recipe import Recipe, fit_early_stopping
 from scripts.training.import_image import IMAGE_SUFFIXES
+from scripts.training.pretrained import BACKBONES, load_backbone, save_torchscript
 from scripts.training.text_data import DataError
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -101,11 +106,13 @@ class Split:
 def load_split(data: Path, name: str, size: tuple[int, int] = (32, 32), channels: int | None = None,
                seed: int = 0, base: dict | None = None) -> Split:  # fmt: skip
     """Decode every image through the serving preprocessing and hold out 20% (seeded); the per-channel mean and
-    std come from the other 80%, or from ``base`` (a base model's ``preprocess``: its input is kept as it was)."""
+    std come from the other 80%, or from ``base`` (a base model's whole ``preprocess``, resize policy included:
+    its input is kept as it was)."""
     labels, paths, targets = read_folder(data)
     if channels is None:
         channels = 1 if all(image_mode(p) in GREY_MODES for p in paths) else 3
-    preprocess = {"channels": channels, "height": size[0], "width": size[1], "pixel_max": 255.0}
+    preprocess = {k: v for k, v in (base or {}).items() if k not in ("mean", "std")}
+    preprocess |= {"channels": channels, "height": size[0], "width": size[1], "pixel_max": 255.0}
     pixels = decode_all(ImageClassifier(Manifest(name, "image_classification", {}, labels, preprocess), Path()), paths)
     order = np.random.default_rng(seed).permutation(len(paths))
     n_test = max(1, len(paths) // 5)
@@ -142,14 +149,18 @@ def train_small(split: Split, epochs: int, lr: float = 3e-3) -> tuple[dict, nn.M
     return {"architecture": "small_resnet", "config": config}, model, rest
 
 
-def train_stages(split: Split, recipe: Recipe, seed: int, base: Path | None = None
-                 ) -> tuple[dict, nn.Module, np.ndarray, dict]:  # fmt: skip
-    """The default recipe: ``resnet_stages`` sized to the input, augmented, early-stopped on a validation split of
-    15% of the training rows (seeded; the held-out rows are not among them). With ``base`` (an artifact of this
-    recipe), its network minus the head is the starting point."""
+def validation_split(split: Split, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(validation rows, rows to fit)``: 15% of the training rows (seeded); the held-out rows are not among them."""
     rest = np.random.default_rng(seed + 1).permutation(split.rest)
     n_val = max(1, round(len(rest) * VALIDATION_FRACTION))
-    val, fit_rows = rest[:n_val], rest[n_val:]
+    return rest[:n_val], rest[n_val:]
+
+
+def train_stages(split: Split, recipe: Recipe, seed: int, base: Path | None = None
+                 ) -> tuple[dict, nn.Module, np.ndarray, dict]:  # fmt: skip
+    """The default recipe: ``resnet_stages`` sized to the input, augmented, early-stopped on the validation split.
+    With ``base`` (an artifact of this recipe), its network minus the head is the starting point."""
+    val, fit_rows = validation_split(split, seed)
     pre = split.preprocess
     config = {"in_channels": pre["channels"], "num_classes": len(split.labels),
               "widths": stage_widths(pre["height"], pre["width"]), "dropout": 0.2}  # fmt: skip
@@ -165,25 +176,53 @@ def train_stages(split: Split, recipe: Recipe, seed: int, base: Path | None = No
     return {"architecture": "resnet_stages", "config": config}, model, fit_rows, stats | {"val_rows": len(val)}
 
 
-def train(data: Path, out: Path, size: tuple[int, int] = (32, 32), channels: int | None = None,
+def train_pretrained(split: Split, name: str, epochs: int, flip: bool, seed: int
+                     ) -> tuple[dict, nn.Module, np.ndarray, dict]:  # fmt: skip
+    """Fine-tune a pretrained backbone (every layer, a new head) with the default recipe's augmentation and early
+    stopping; a lower learning rate and a shorter warm-up, as the weights start close to a good solution."""
+    val, fit_rows = validation_split(split, seed)
+    model = load_backbone(name, len(split.labels))
+    recipe = Recipe(epochs=epochs, lr=5e-4, warmup_epochs=1, patience=max(3, epochs // 3), flip=flip)
+    stats = fit_early_stopping(model, split.x[fit_rows], split.y[fit_rows], split.x[val], split.y[val], recipe, seed)
+    return {"architecture": name, "format": "torchscript", "file": "model.pt"}, model, fit_rows, stats | {
+        "val_rows": len(val)}  # fmt: skip
+
+
+def train(data: Path, out: Path, size: tuple[int, int] | None = None, channels: int | None = None,
           epochs: int | None = None, seed: int = 0, recipe: str = "stages", flip: bool = True,
-          base: Path | None = None) -> Manifest:  # fmt: skip
+          base: Path | str | None = None) -> Manifest:  # fmt: skip
+    """``base``: an artifact of the default recipe, or the name of a pretrained backbone (``BACKBONES``)."""
     seed_everything(seed)
-    base_pre = base_preprocess(base) if base is not None else None
+    backbone = BACKBONES.get(str(base)) if base is not None else None
+    if backbone:  # its own preprocessing; --size may change the input size
+        if channels == 1:
+            raise DataError(f"--base {base} takes RGB images: leave --channels out or give 3")
+        base_pre = backbone.preprocess(size)
+    else:
+        base = Path(base) if base is not None else None
+        base_pre = base_preprocess(base) if base is not None else None
     if base_pre:  # the base network's input, unchanged: size, channels, mean and std
         size, channels = (base_pre["height"], base_pre["width"]), base_pre["channels"]
+    size = size or (32, 32)
     split = load_split(data, out.name, size, channels, seed, base_pre)
     labels, test = split.labels, split.test
     pre = split.preprocess
-    print(f"training {RECIPES[recipe]} on {len(split.rest)} images ({len(labels)} labels, "
+    network = f"{base} (pretrained)" if backbone else RECIPES[recipe]
+    print(f"training {network} on {len(split.rest)} images ({len(labels)} labels, "
           f"{pre['channels']}x{size[0]}x{size[1]}), holding out {len(test)}")  # fmt: skip
     if recipe == "small":
         spec, model, fit_rows = train_small(split, epochs or 30)
         stats = {}
+    elif backbone:
+        spec, model, fit_rows, stats = train_pretrained(split, str(base), epochs or 15, flip, seed)
     else:
         spec, model, fit_rows, stats = train_stages(split, Recipe(epochs=epochs or 60, flip=flip), seed, base)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), str(out / "model.safetensors"))
+    if spec.get("format") == "torchscript":
+        save_torchscript(model, pre["channels"], pre["height"], pre["width"], out / spec["file"])
+    else:
+        spec |= {"format": "eager", "file": "model.safetensors"}
+        save_file(model.state_dict(), str(out / spec["file"]))
     write_held_out(out, [split.paths[i].read_bytes() for i in test], [labels[split.targets[i]] for i in test])
     metrics = {
         "held_out_accuracy": round(accuracy(model, split.x[test], split.y[test]), 4),
@@ -202,7 +241,7 @@ def train(data: Path, out: Path, size: tuple[int, int] = (32, 32), channels: int
         name=out.name,
         task="image_classification",
         labels=labels,
-        model={**spec, "format": "eager", "file": "model.safetensors"},
+        model=spec,
         preprocess=pre,
         serving={"max_batch_size": 32, "max_rows_per_request": 32, "top_k": min(len(labels), 5)},
         metrics=metrics,
@@ -217,22 +256,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="a folder with one sub-folder of images per label")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--size", type=int, nargs=2, default=[32, 32], metavar=("H", "W"))
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                        help="the network's input (default: 32 32; a pretrained backbone's own, 224 224)")  # fmt: skip
     parser.add_argument("--channels", type=int, choices=[1, 3], help="default: 1 if every image is grey, else 3")
-    parser.add_argument("--epochs", type=at_least(1), help="at most this many (default: 60; --recipe small: 30)")
+    parser.add_argument("--epochs", type=at_least(1),
+                        help="at most this many (default: 60; --recipe small: 30; pretrained: 15)")  # fmt: skip
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="stages", help="default: stages")
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="never mirror images (digits, text, anything with a handedness)")  # fmt: skip
-    parser.add_argument("--base", type=Path, metavar="ARTIFACT",
-                        help="start from this artifact's network (the default recipe's), with a new head; its input "
-                        "size, channels, mean and std are kept")  # fmt: skip
+    parser.add_argument("--base", metavar="ARTIFACT|NAME",
+                        help="start from this artifact's network (the default recipe's), with a new head, keeping "
+                        "its input size, channels, mean and std; or from a pretrained backbone: "
+                        f"{', '.join(BACKBONES)}")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.base is not None and args.recipe != "stages":
         parser.error("--base works with the default recipe (stages) only")
     try:
-        train(args.data, args.out, tuple(args.size), args.channels, args.epochs, args.seed, args.recipe, args.flip,
-              base=args.base)  # fmt: skip
+        size = tuple(args.size) if args.size else None
+        train(args.data, args.out, size, args.channels, args.epochs, args.seed, args.recipe, args.flip, args.base)
     except DataError as exc:
         raise SystemExit(f"maas train image: {exc}") from None
 

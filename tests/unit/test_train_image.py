@@ -130,3 +130,24 @@ def test_the_bench_pools_seeds_into_one_interval():
     [row] = summarise(runs)
     assert row["held_out_rows"] == 144 and row["held_out_accuracy"] == 0.5 and row["ci95"][0] < 0.5 < row["ci95"][1]
     assert "| shapes | stages | 0.500 |" in markdown([row], "maas bench train-image", [1.0, 1.0])
+
+
+def test_a_pretrained_backbone_is_fine_tuned_and_served_with_its_own_preprocessing(tmp_path):
+    """``--base efficientnet-lite0``: ImageNet weights from the installed package, fine-tuned on coloured shapes
+    (random colours: hard for a network trained from scratch on so few images, see the bench), saved as TorchScript
+    and served with the backbone's preprocessing (mean 127/255, std 128/255, shorter-side resize + centre crop)."""
+    data = write_shapes(tmp_path / "shapes", per_label=40)
+    manifest = train(data, tmp_path / "tuned", size=(64, 64), epochs=5, base="efficientnet-lite0")
+    assert manifest.model["format"] == "torchscript" and (tmp_path / "tuned" / "model.pt").is_file()
+    pre = manifest.preprocess
+    assert pre["resize"] == "shorter_side" and pre["resize_shorter"] == 73 and pre["channels"] == 3
+    assert pre["mean"] == [pytest.approx(127 / 255)] * 3 and pre["std"] == [pytest.approx(128 / 255)] * 3
+    metrics = manifest.metrics
+    right, n = round(metrics["held_out_accuracy"] * metrics["held_out_rows"]), metrics["held_out_rows"]
+    assert n == 24 and lower_bound_rate(right, n) > 1 / 3, metrics
+    rows, targets = read_held_out(tmp_path / "tuned")
+    answers = load_pipeline(tmp_path / "tuned").handle_json(rows)
+    served = np.mean([a["label"] == t for (_, a), t in zip(answers, targets, strict=True)])
+    assert served == pytest.approx(metrics["held_out_accuracy"], abs=1e-3)
+    with pytest.raises(DataError, match="takes RGB images"):
+        train(data, tmp_path / "grey", channels=1, base="efficientnet-lite0")
