@@ -29,6 +29,9 @@ class ServingSettings:
     top_k: int = 3  # labels (with probabilities) in a classification answer
     threshold: float = 0.5  # multi-label answers: labels scoring at least this
     call_cost_tokens: float = 24.0  # text batches: one forward pass costs as much as this many padded tokens
+    # Language models: max_batch_size is the most sequences decoding at once (the running batch); a request asking
+    # for more than max_tokens_limit new tokens is refused (400).
+    max_tokens_limit: int = 256
     torchserve: dict[str, Any] = field(default_factory=dict)  # overrides for TorchServe only
     triton: dict[str, Any] = field(default_factory=dict)  # overrides for Triton only
 
@@ -75,7 +78,7 @@ class ServingSettings:
 _FLAT = [f for f in fields(ServingSettings) if f.name not in SERVERS]
 _TYPES = {f.name: int if f.type == "int" else float for f in _FLAT}
 _LEAST = {name: 0 for name in _TYPES} | {"max_batch_size": 1, "workers": 1, "response_timeout_s": 1} | {
-    "max_rows_per_request": 1, "max_text_chars": 1, "top_k": 1}  # fmt: skip
+    "max_rows_per_request": 1, "max_text_chars": 1, "top_k": 1, "max_tokens_limit": 1}  # fmt: skip
 
 
 def _check_keys(data: dict, where: str, allow_servers: bool) -> None:

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.hf",
     "tests.fixtures.user_pipeline",
     "tests.fixtures.image_import",
+    "tests.fixtures.lm",
 ]

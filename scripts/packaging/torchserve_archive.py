@@ -16,6 +16,7 @@ from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
 from handlers.artifact import Manifest
+from scripts.packaging.generation_build import TORCHSERVE_ENTRY, is_language_model, torchserve_config
 from scripts.packaging.probe import write_probe
 from scripts.packaging.runtime import copy_runtime, entry_point_source
 
@@ -48,9 +49,10 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
         copy_runtime(artifact_dir, stage, manifest.serving)
         write_probe(artifact_dir, manifest, stage)
         config_file = Path(tmp) / "model-config.yaml"
-        config_file.write_text(yaml.safe_dump(torchserve_model_config(manifest)))
+        generative = is_language_model(manifest)
+        config_file.write_text(yaml.safe_dump((torchserve_config if generative else torchserve_model_config)(manifest)))
         entry = Path(tmp) / f"{ENTRY_MODULE}.py"
-        entry.write_text(ENTRY_POINT)
+        entry.write_text(TORCHSERVE_ENTRY if generative else ENTRY_POINT)
         config = ModelArchiverConfig(
             model_name=name,
             handler=str(entry),

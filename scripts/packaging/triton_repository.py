@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from handlers.artifact import Manifest
 from handlers.pipeline import TensorSpec
 from handlers.tasks import pipeline_class
+from scripts.packaging.generation_build import TRITON_ENTRY, is_language_model, triton_config
 from scripts.packaging.probe import write_probe
 from scripts.packaging.runtime import copy_runtime, entry_point_source
 
@@ -74,7 +75,11 @@ def build_triton_model(
     version_dir.mkdir(parents=True)
     copy_runtime(artifact_dir, version_dir, manifest.serving)
     write_probe(artifact_dir, manifest, version_dir)
-    (version_dir / "model.py").write_text(ENTRY_POINT)
-    config = model_config(manifest, artifact_dir, name, python_env, instances)
+    if is_language_model(manifest):
+        (version_dir / "model.py").write_text(TRITON_ENTRY)
+        config = triton_config(manifest, name, python_env)
+    else:
+        (version_dir / "model.py").write_text(ENTRY_POINT)
+        config = model_config(manifest, artifact_dir, name, python_env, instances)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
     return model_dir

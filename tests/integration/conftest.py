@@ -14,6 +14,7 @@ from scripts.serving.servers import start_torchserve
 from scripts.serving.triton_server import TritonInstance, TritonPorts, start_triton
 from tests.fixtures.hf import ARCHITECTURES as HF_ARCHITECTURES
 from tests.fixtures.image_import import FILES as IMAGE_FILES
+from tests.fixtures.lm import KINDS as LM_KINDS
 from tests.fixtures.tabular import CASES as TABULAR
 
 
@@ -39,6 +40,7 @@ MODELS = {
     **{n: (lambda get, n=n: get("tabular_cases")[n].artifact, {}) for n in TABULAR},
     **{f"hf_{a}": (lambda get, a=a: get("hf_artifacts")[a], {}) for a in HF_ARCHITECTURES},
     **{f"pets_{f}": (lambda get, f=f: get("image_imports")[f], {}) for f in IMAGE_FILES},
+    **{f"lm_{k}": (lambda get, k=k: get("lm_artifacts")[k], {}) for k in LM_KINDS},
     **{f"{n}_{f}": (lambda get, n=n, f=f: get("exported")(n, f), {}) for n, f in SERVED_EXPORTS},
     **{f"{n}_ensemble": (lambda get, n=n, f=f: get("exported")(n, f), ENSEMBLE) for n, f in SERVED_ENSEMBLES},
 }

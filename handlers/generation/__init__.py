@@ -1,0 +1,7 @@
+"""Server-agnostic text generation: sampling parameters, a continuous-batching engine, and its thread."""
+
+from handlers.generation.engine import Engine, Event
+from handlers.generation.loop import EngineLoop
+from handlers.generation.sampling import SamplingParams, sample
+
+__all__ = ["Engine", "EngineLoop", "Event", "SamplingParams", "sample"]

@@ -1,0 +1,195 @@
+"""The engine's own thread: it steps while there is work and sleeps when there is none.
+
+Server adapters call ``submit`` from their request threads (or ``stream`` for a blocking iterator). Validation runs in
+the caller's thread, so a bad request is answered with its 4xx before any token; the request is then handed to the
+engine thread, which alone touches the engine, and each event comes back through the request's ``on_event`` (called
+on the engine thread: it must be quick, e.g. put into a queue or send a chunk). Before every step the loop asks each
+request's ``is_cancelled`` (Triton's ``request.is_cancelled``, a closed HTTP connection) and cancels those that say so;
+an ``on_event`` that raises means its consumer is gone, so that request is cancelled too and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from handlers.generation.engine import GENERIC_ERROR, Engine, Event
+from handlers.generation.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+STOPPING = "server stopping"
+
+
+@dataclass
+class _Subscriber:
+    on_event: Callable[[Event], None]
+    is_cancelled: Callable[[], bool] | None
+
+
+class EngineLoop:
+    """Owns an ``Engine`` and runs its ``step()`` on a background thread."""
+
+    def __init__(self, engine: Engine, name: str = "generation-engine",
+                 on_step: Callable[[list[Event]], None] | None = None):  # fmt: skip
+        """``on_step`` sees every step's events after they are delivered (metrics); it must not raise."""
+        self.engine = engine
+        self._on_step = on_step
+        self._cond = threading.Condition()
+        self._subscribers: dict[str, _Subscriber] = {}  # every request not finished yet, whatever its stage
+        self._inbox: list[tuple[str, list[int], SamplingParams]] = []
+        self._cancels: list[str] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        on_event: Callable[[Event], None],
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> None:
+        """Check the request here (``InvalidInput`` propagates), then queue it for the engine thread."""
+        ids = self.engine.prepare(prompt, params)
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the generation engine is stopping")
+            if request_id in self._subscribers:
+                raise ValueError(f"request {request_id!r} is already in the engine")
+            self._subscribers[request_id] = _Subscriber(on_event, is_cancelled)
+            self._inbox.append((request_id, ids, params))
+            self._cond.notify()
+
+    def cancel(self, request_id: str) -> None:
+        """The request ends at the next step with a "cancelled" event; an unknown id is ignored."""
+        with self._cond:
+            self._cancels.append(request_id)
+            self._cond.notify()
+
+    def stream(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams, timeout: float | None = None
+    ) -> EventStream:
+        """Submit and return a blocking iterator over the request's events; closing it early cancels the request.
+
+        ``timeout`` bounds the wait for each event (``TimeoutError``, and the request is cancelled).
+        """
+        events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.submit(request_id, prompt, params, on_event=events.put)
+        return EventStream(self, request_id, events, timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Gauges for metrics: requests running in the batch, and waiting for a slot."""
+        with self._cond:
+            queued = len(self._inbox)
+        return {"running": self.engine.running, "waiting": self.engine.waiting + queued}
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """End every request with the error "server stopping", and the thread. Idempotent."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # --- the engine thread -------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._inbox or self._cancels or self._stopping or self.engine.has_work):
+                    self._cond.wait()
+                inbox, self._inbox = self._inbox, []
+                cancels, self._cancels = self._cancels, []
+                stopping = self._stopping
+            try:
+                if stopping:
+                    self._abort(inbox, STOPPING)
+                    return
+                self._iterate(inbox, cancels)
+            except Exception:  # a bug in the engine itself: fail what is in flight, keep serving
+                log.exception("generation engine step failed")
+                self._abort([], GENERIC_ERROR)
+
+    def _iterate(self, inbox: list[tuple[str, list[int], SamplingParams]], cancels: list[str]) -> None:
+        for request_id, ids, params in inbox:
+            try:
+                self.engine.add(request_id, ids, params)
+            except Exception as exc:  # checked at submit already; only a race could land here
+                log.warning("request %s refused by the engine: %s", request_id, exc)
+                self._deliver(Event(request_id, "", [], True, "error", len(ids), 0, GENERIC_ERROR))
+        for request_id in cancels:
+            self.engine.cancel(request_id)
+        for request_id, subscriber in list(self._subscribers.items()):
+            if subscriber.is_cancelled is not None and _asks_to_cancel(subscriber):
+                self.engine.cancel(request_id)
+        events = self.engine.step()
+        for event in events:
+            self._deliver(event)
+        if self._on_step is not None:
+            self._on_step(events)
+
+    def _abort(self, inbox: list[tuple[str, list[int], SamplingParams]], error: str) -> None:
+        events = [Event(rid, "", [], True, "error", len(ids), 0, error) for rid, ids, _ in inbox]
+        for event in events + self.engine.abort_all(error):
+            self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        subscriber = self._subscribers.get(event.request_id)
+        if event.finished:
+            with self._cond:
+                self._subscribers.pop(event.request_id, None)
+        if subscriber is None:
+            return  # its consumer went away (on_event raised) and the request was cancelled
+        try:
+            subscriber.on_event(event)
+        except Exception:
+            log.warning("on_event of request %s raised; cancelling it", event.request_id, exc_info=True)
+            with self._cond:
+                self._subscribers.pop(event.request_id, None)
+            self.engine.cancel(event.request_id)
+
+
+def _asks_to_cancel(subscriber: _Subscriber) -> bool:
+    try:
+        return bool(subscriber.is_cancelled())
+    except Exception:  # a consumer that cannot even say: treat it as gone
+        log.warning("is_cancelled raised; cancelling the request", exc_info=True)
+        return True
+
+
+class EventStream(Iterator[Event]):
+    """A blocking iterator over one request's events; ``close()`` (or leaving a ``with`` block) cancels it."""
+
+    def __init__(self, loop: EngineLoop, request_id: str, events: queue.SimpleQueue, timeout: float | None):
+        self.request_id = request_id
+        self._loop, self._events, self._timeout = loop, events, timeout
+        self._done = False
+
+    def __next__(self) -> Event:
+        if self._done:
+            raise StopIteration
+        try:
+            event = self._events.get(timeout=self._timeout)
+        except queue.Empty:
+            self.close()
+            raise TimeoutError(f"no event from request {self.request_id!r} in {self._timeout} s") from None
+        if event.finished:
+            self._done = True
+        return event
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._loop.cancel(self.request_id)
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

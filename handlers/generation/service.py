@@ -1,0 +1,151 @@
+"""A language-model artifact made ready to serve: the engine, the request contract both servers share, the answers.
+
+The contract is the one of Triton's own LLM backends (vLLM, TensorRT-LLM), so Triton's clients and tools that
+speak to them work unchanged, and TorchServe takes the same fields as a JSON body:
+
+* ``text_input`` (string, required): the prompt;
+* ``stream`` (bool, default false): answer token by token;
+* ``exclude_input_in_output`` (bool, default false): a whole answer's ``text_output`` is prompt + completion
+  unless this is true (streamed answers never repeat the prompt, as in Triton's vLLM backend);
+* ``sampling_parameters`` (an object, or its JSON as a string): ``max_tokens``, ``temperature``, ``top_p``,
+  ``top_k``, ``seed``, ``stop``, ``ignore_eos`` (``handlers/generation/sampling.py``); the same keys may also come
+  at the top level (Triton: as request parameters), and win there.
+
+Every answer carries ``text_output``, ``finish_reason`` (``stop`` | ``length`` | ``error``) on the last one, and the
+token counts. A bad request is refused (``InvalidInput``, a 400) before any token is generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from handlers.artifact import HELD_OUT_NAME, Manifest, read_manifest
+from handlers.errors import InvalidInput
+from handlers.generation.engine import Engine
+from handlers.generation.sampling import SamplingParams
+from handlers.self_check import SelfCheckFailed
+
+TASK = "text_generation"
+FIELDS = {"text_input", "stream", "exclude_input_in_output", "sampling_parameters"}
+SAMPLING_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos"}
+# The self-check replays greedy generations recorded where the model was made. Another CPU may sum in another
+# order: where two tokens' logits were closer than this, the pick may flip without anything being wrong.
+MARGIN_TOLERANCE = 1e-3
+SELF_CHECK_PROMPTS = 4
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    params: SamplingParams
+    stream: bool = False
+    exclude_input: bool = False
+
+
+def load_engine(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> Engine:
+    import torch  # imported here: a classifier's server never pays for transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per load would clutter the server logs
+    model_dir = Path(artifact_dir) / manifest.model["dir"]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return Engine(model, tokenizer, max_running=manifest.serving.max_batch_size,
+                  max_context=manifest.model.get("max_context"), device=device)  # fmt: skip
+
+
+class GenerationService:
+    """One served language model: ``parse`` a request, run it on ``engine`` (directly, or through an EngineLoop),
+    shape the answers with ``answer``/``chunk``."""
+
+    def __init__(self, artifact_dir: Path, device: str = "cpu", self_check: bool = True):
+        self.manifest = read_manifest(artifact_dir)  # verifies every file's checksum
+        if self.manifest.task != TASK:
+            raise ValueError(f"{artifact_dir} is a {self.manifest.task} artifact, not a language model ({TASK})")
+        self.engine = load_engine(artifact_dir, self.manifest, device)
+        self.max_tokens_limit = self.manifest.serving.max_tokens_limit
+        if self_check:
+            check_generations(self.engine, Path(artifact_dir))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def parse(self, body: Any) -> GenerateRequest:
+        """A request body (JSON bytes or an already-decoded object) as a checked request; InvalidInput names the
+        field that is wrong."""
+        if isinstance(body, (bytes, bytearray)):
+            try:
+                body = json.loads(bytes(body).decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidInput("the request body is not UTF-8") from None
+            except ValueError as exc:
+                raise InvalidInput(f"the request body is not JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise InvalidInput(f"the request must be a JSON object with text_input, not {type(body).__name__}")
+        unknown = sorted(set(body) - FIELDS - SAMPLING_KEYS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown field {', '.join(unknown)} (known: {', '.join(sorted(FIELDS | SAMPLING_KEYS))})"
+            )
+        sampling = body.get("sampling_parameters") or {}
+        if isinstance(sampling, str):
+            try:
+                sampling = json.loads(sampling)
+            except ValueError as exc:
+                raise InvalidInput(f"sampling_parameters is not JSON ({exc})") from None
+        if not isinstance(sampling, dict):
+            raise InvalidInput(f"sampling_parameters must be an object, not {type(sampling).__name__}")
+        sampling = {**sampling, **{k: v for k, v in body.items() if k in SAMPLING_KEYS}}
+        params = SamplingParams.from_dict(sampling, self.max_tokens_limit)
+        prompt = body.get("text_input")
+        if not isinstance(prompt, str):
+            raise InvalidInput(f"text_input must be a string, not {type(prompt).__name__}")
+        flags = {name: body.get(name, False) for name in ("stream", "exclude_input_in_output")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise InvalidInput(f"{name} must be true or false, not {value!r}")
+        self.engine.prepare(prompt, params)  # empty, or too long for the context: refused before it is queued
+        return GenerateRequest(prompt, params, flags["stream"], flags["exclude_input_in_output"])
+
+
+def answer(request: GenerateRequest, text: str, finish_reason: str | None, prompt_tokens: int,
+           completion_tokens: int) -> dict:  # fmt: skip
+    """A whole answer, or the last one of a stream (then ``text`` is the last delta)."""
+    if not request.stream and not request.exclude_input:
+        text = request.prompt + text
+    return {"text_output": text, "finish_reason": finish_reason,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}  # fmt: skip
+
+
+def check_generations(engine: Engine, artifact_dir: Path) -> None:
+    """Replay the greedy generations recorded with the artifact; refuse to serve when they differ where the
+    recorded logits were not a near tie (``MARGIN_TOLERANCE``)."""
+    path = artifact_dir / HELD_OUT_NAME
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][
+        :SELF_CHECK_PROMPTS
+    ]
+    start = time.perf_counter()
+    for record in records:
+        spec = record["input"]
+        params = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0)
+        _, ids, _ = engine.generate(spec["prompt"], params)
+        expected, margins = record["token_ids"], record["margins"]
+        first = next((i for i, (a, b) in enumerate(zip(ids, expected, strict=False)) if a != b), None)
+        if first is None and len(ids) != len(expected):
+            first = min(len(ids), len(expected))
+        if first is None:
+            continue
+        margin = margins[first] if first < len(margins) else float("inf")
+        if margin >= MARGIN_TOLERANCE:
+            raise SelfCheckFailed(f"{artifact_dir}: the greedy generation for {spec['prompt']!r} differs from "
+                                  f"the recorded one at token {first} (margin {margin:.2e})")  # fmt: skip
+        log.warning("self-check: %r diverges at token %d, a near tie (margin %.1e)", spec["prompt"], first, margin)
+    log.info("self-check passed: %d greedy generations in %.2fs", len(records), time.perf_counter() - start)

@@ -1,0 +1,184 @@
+"""Triton adapter for language models: a decoupled Python model over the engine's own thread.
+
+``execute`` parses each request, hands it to the ``EngineLoop`` and returns at once (as Triton's vLLM backend
+does), so requests join the running batch at the next decoding step while others decode. Answers go out through
+each request's response sender from the engine thread: one response per step with new text when streaming
+(``generate_stream``, gRPC ``ModelStreamInfer``), one whole answer otherwise (``generate``); the last carries
+``TRITONSERVER_RESPONSE_COMPLETE_FINAL``. The loop polls ``request.is_cancelled()`` before every step: a client
+that closes its stream or cancels its call ends its sequence there, and its slot is free for the next request.
+
+Tensors follow Triton's LLM backends: inputs ``text_input``, ``stream``, ``sampling_parameters`` (JSON),
+``exclude_input_in_output``; output ``text_output``; plus ``finish_reason``, ``prompt_tokens`` and
+``completion_tokens`` (what an OpenAI-style answer needs). Request parameters (``max_tokens``, ``temperature``,
+..., ``stream``) are read too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from handlers.errors import InternalError, InvalidInput, ServingError, as_serving_error
+from handlers.generation.engine import Event
+from handlers.generation.loop import EngineLoop
+from handlers.generation.metrics import (
+    FINISH_REASONS,
+    ITL_BUCKETS,
+    PREFIX,
+    TTFT_BUCKETS,
+    GenerationMetrics,
+    StepMetrics,
+)
+from handlers.generation.service import GenerateRequest, GenerationService, answer
+from handlers.log_limit import rate_limited
+from handlers.triton_model import artifact_dir, device, log_to_triton
+
+log = rate_limited(__name__)
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+INPUTS = ("text_input", "stream", "sampling_parameters", "exclude_input_in_output")
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        log_to_triton()
+        self.service = GenerationService(artifact_dir(args), device=device(args))
+        self.metrics, self.published = GenerationMetrics(), TritonMetrics(args["model_name"])
+        self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics)
+        self.ids = itertools.count()
+        log.info("loaded language model %s", self.service.name)
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            self.start(request)
+        return None  # decoupled: every answer goes through the request's response sender
+
+    def start(self, request) -> None:
+        sender, request_id = request.get_response_sender(), f"triton-{next(self.ids)}"
+        try:
+            parsed = self.service.parse(request_fields(request))
+            self.metrics.arrived(request_id)
+            self.loop.submit(request_id, parsed.prompt, parsed.params,
+                             on_event=Replier(parsed, sender), is_cancelled=request.is_cancelled)  # fmt: skip
+        except Exception as exc:  # refused before any token
+            self.metrics.forget(request_id)
+            if not isinstance(exc, ServingError):
+                log.exception("could not queue a generation request")
+            sender.send(error_response(as_serving_error(exc)), flags=FINAL)
+
+    def record_metrics(self, events: list[Event]) -> None:
+        """On the engine thread, after each step; never fails it."""
+        try:
+            engine = self.service.engine
+            self.published.publish(self.metrics.step(events, engine.running, engine.waiting))
+        except Exception:
+            log.exception("could not record metrics")
+
+    def finalize(self) -> None:
+        self.loop.stop()
+
+
+class TritonMetrics:
+    """The generation metrics as Triton metric families (on its /metrics with the server's own)."""
+
+    def __init__(self, model: str):
+        family = pb_utils.MetricFamily
+        labels = {"model": model}
+
+        def make(name: str, kind, description: str, **metric):
+            self.families.append(family(name=f"{PREFIX}{name}", description=description, kind=kind))
+            return self.families[-1].Metric(labels={**labels, **metric.pop("labels", {})}, **metric)
+
+        self.families: list = []  # a family must outlive its metrics
+        self.ttft = make("time_to_first_token_seconds", family.HISTOGRAM, "Arrival to first token",
+                         buckets=TTFT_BUCKETS)  # fmt: skip
+        self.itl = make("inter_token_latency_seconds", family.HISTOGRAM, "Gap between decoding steps",
+                        buckets=ITL_BUCKETS)  # fmt: skip
+        self.prompt = make("prompt_tokens_total", family.COUNTER, "Prompt tokens of started requests")
+        self.generated = make("generation_tokens_total", family.COUNTER, "Generated tokens")
+        finished = family(name=f"{PREFIX}request_finished_total", description="Requests ended",
+                          kind=family.COUNTER)  # fmt: skip
+        self.families.append(finished)
+        self.finished = {r: finished.Metric(labels={**labels, "finished_reason": r}) for r in FINISH_REASONS}
+        self.running = make("num_requests_running", family.GAUGE, "Sequences in the running batch")
+        self.waiting = make("num_requests_waiting", family.GAUGE, "Requests waiting for a slot")
+
+    def publish(self, step: StepMetrics) -> None:
+        for value in step.time_to_first_token:
+            self.ttft.observe(value)
+        if step.inter_token_latency is not None:
+            self.itl.observe(step.inter_token_latency)
+        if step.prompt_tokens:
+            self.prompt.increment(step.prompt_tokens)
+        if step.generation_tokens:
+            self.generated.increment(step.generation_tokens)
+        for reason, count in step.finished.items():
+            self.finished[reason].increment(count)
+        self.running.set(step.running)
+        self.waiting.set(step.waiting)
+
+
+class Replier:
+    """Sends one request's events as responses (called on the engine thread)."""
+
+    def __init__(self, request: GenerateRequest, sender):
+        self.request, self.sender, self.text = request, sender, []
+
+    def __call__(self, event: Event) -> None:
+        if event.finish_reason == "cancelled":
+            self.sender.send(flags=FINAL)  # the client is gone: close the request, nothing to say
+        elif event.finish_reason == "error":
+            self.sender.send(error_response(InternalError(event.error or "generation failed")), flags=FINAL)
+        elif event.finished:
+            text = event.text if self.request.stream else "".join(self.text) + event.text
+            body = answer(self.request, text, event.finish_reason, event.prompt_tokens, event.completion_tokens)
+            self.sender.send(response(body), flags=FINAL)
+        elif self.request.stream:
+            if event.text:
+                self.sender.send(response({"text_output": event.text, "finish_reason": None,
+                                           "usage": usage(event)}))  # fmt: skip
+        else:
+            self.text.append(event.text)
+
+
+def usage(event: Event) -> dict:
+    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens}
+
+
+def response(body: dict):
+    strings = {"text_output": body["text_output"], "finish_reason": body["finish_reason"] or ""}
+    tensors = [pb_utils.Tensor(name, np.array([value.encode("utf-8")], dtype=np.object_))
+               for name, value in strings.items()]  # fmt: skip
+    tensors += [pb_utils.Tensor(name, np.array([body["usage"][name]], dtype=np.int32))
+                for name in ("prompt_tokens", "completion_tokens")]  # fmt: skip
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def error_response(error: ServingError):
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(error.message, getattr(pb_utils.TritonError, error.triton_code))
+    )
+
+
+def request_fields(request) -> dict:
+    """The request as the service's JSON contract: its input tensors, then its parameters on top."""
+    fields = {}
+    for name in INPUTS:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            continue
+        values = tensor.as_numpy().reshape(-1)
+        if len(values) != 1:
+            raise InvalidInput(f"{name} must hold one value, not {len(values)}")
+        value = values[0]
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{name} is not UTF-8") from None
+        fields[name] = value.item() if isinstance(value, np.generic) else value
+    parameters = json.loads(request.parameters() or "{}")
+    fields.update({k: v for k, v in parameters.items() if not k.startswith("triton_")})
+    return fields
