@@ -1,7 +1,8 @@
 """``maas``: one command for the whole path from a trained model to both servers.
 
     maas train digits|text|image|tabular ...   train an example or your own model into an artifact
-    maas import hf DIR --out ARTIFACT    import a Hugging Face sequence-classification checkpoint
+    maas train lm --out ARTIFACT [--corpus FILE]   train a small GPT from scratch (the demo language model)
+    maas import hf DIR --out ARTIFACT    import a Hugging Face classifier or causal LM checkpoint
     maas import torchscript|onnx FILE    import an image classifier (--labels, --input-size, --mean/--std ...)
     maas compress distill ARTIFACT --layers K   a student with K transformer layers, taught by the model
     maas compress prune ARTIFACT --keep F       keep a fraction F of each layer's feed-forward neurons
@@ -19,6 +20,7 @@
     maas bench ab --a KEY=V [--b KEY=V]  two serving settings served at once, measured interleaved (reports/ab/)
     maas bench compression               a model and its compressed students: size, accuracy, speed (reports/)
     maas bench train-image               maas train image's recipes vs a plain CNN on generated folders (reports/)
+    maas bench generate ARTIFACT         a language model's tokens/s, TTFT, ITL: served, in process, naive, static
 
 ``maas COMMAND --help`` shows each command's options and an example. Each command is the ``main`` of a module
 under ``scripts/`` (``python -m scripts.X`` runs the same code).
@@ -40,6 +42,7 @@ COMMANDS = {
     ("train", "text"): "scripts.training.train_text",
     ("train", "tabular"): "scripts.training.train_tabular",
     ("train", "image"): "scripts.training.train_image",
+    ("train", "lm"): "scripts.training.train_lm",
     ("import", "hf"): "scripts.training.import_hf",
     ("import", "torchscript"): "scripts.training.import_image",
     ("import", "onnx"): "scripts.training.import_image:main_onnx",
@@ -59,6 +62,7 @@ COMMANDS = {
     ("bench", "ab"): "scripts.benchmarking.ab",
     ("bench", "compression"): "scripts.benchmarking.compression_table",
     ("bench", "train-image"): "scripts.benchmarking.train_image_bench",
+    ("bench", "generate"): "scripts.benchmarking.generate_bench",
 }
 
 

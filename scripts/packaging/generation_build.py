@@ -1,7 +1,9 @@
 """What differs when the artifact is a language model: each server's entry point and model configuration.
 
-* TorchServe: ``continuousBatching: true``, so each ``handle`` call is one decoding step over every request in
-  flight (``handlers/torchserve_generation.py``); ``batchSize`` is the most sequences decoding at once.
+* TorchServe: ``continuousBatching: true`` (``TORCHSERVE_CONFIG``), so each ``handle`` call is one decoding step
+  over every request in flight (``handlers/torchserve_generation.py``); ``batchSize`` is the most sequences decoding
+  at once, and ``maxBatchDelay`` applies only when nothing runs (while sequences decode, newcomers join at the next
+  step); ``responseTimeout`` bounds each chunk, not the whole stream.
 * Triton: a decoupled Python model (``model_transaction_policy { decoupled: true }``) with the tensors of Triton's
   own LLM backends, no dynamic batching (the engine batches, step by step), ``max_batch_size: 0``
   (``handlers/triton_generation.py``).
@@ -27,6 +29,7 @@ TRITON_ENTRY = entry_point_source(
     "Triton entry point of a maas-handlers language model: the adapter lives in this version's handlers package.",
     "from handlers.triton_generation import TritonPythonModel  # noqa: E402,F401",
 )
+TORCHSERVE_CONFIG = {"continuousBatching": True}
 # name, data type, optional (inputs) -- Triton's vLLM backend contract, plus what an OpenAI answer needs
 INPUTS = [("text_input", "TYPE_STRING", False), ("stream", "TYPE_BOOL", True),
           ("sampling_parameters", "TYPE_STRING", True), ("exclude_input_in_output", "TYPE_BOOL", True)]  # fmt: skip
@@ -36,20 +39,6 @@ OUTPUTS = [("text_output", "TYPE_STRING"), ("finish_reason", "TYPE_STRING"), ("p
 
 def is_language_model(manifest: Manifest) -> bool:
     return manifest.task == TEXT_GENERATION
-
-
-def torchserve_config(manifest: Manifest) -> dict:
-    serving = manifest.serving
-    return {
-        "minWorkers": serving.workers,
-        "maxWorkers": serving.workers,
-        "batchSize": serving.max_batch_size,
-        # Only when nothing is running does TorchServe wait for a batch to fill; while sequences decode, new
-        # requests join at the next step without waiting. 0 would mean ~100 ms (shared/FIELD_NOTES.md).
-        "maxBatchDelay": max(1, round(serving.max_batch_delay_ms)),
-        "responseTimeout": serving.response_timeout_s,  # per chunk: the longest step, not the whole stream
-        "continuousBatching": True,
-    }
 
 
 def triton_config(manifest: Manifest, name: str, python_env: Path) -> mc.ModelConfig:

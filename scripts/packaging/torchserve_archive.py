@@ -16,7 +16,7 @@ from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
 from handlers.artifact import Manifest
-from scripts.packaging.generation_build import TORCHSERVE_ENTRY, is_language_model, torchserve_config
+from scripts.packaging.generation_build import TORCHSERVE_CONFIG, TORCHSERVE_ENTRY, is_language_model
 from scripts.packaging.probe import write_probe
 from scripts.packaging.runtime import copy_runtime, entry_point_source
 
@@ -50,7 +50,8 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
         write_probe(artifact_dir, manifest, stage)
         config_file = Path(tmp) / "model-config.yaml"
         generative = is_language_model(manifest)
-        config_file.write_text(yaml.safe_dump((torchserve_config if generative else torchserve_model_config)(manifest)))
+        model_config = torchserve_model_config(manifest) | (TORCHSERVE_CONFIG if generative else {})
+        config_file.write_text(yaml.safe_dump(model_config))
         entry = Path(tmp) / f"{ENTRY_MODULE}.py"
         entry.write_text(TORCHSERVE_ENTRY if generative else ENTRY_POINT)
         config = ModelArchiverConfig(

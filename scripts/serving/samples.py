@@ -18,9 +18,11 @@ from PIL import Image
 from scripts import REPO_ROOT
 from scripts.serving.client import TorchServeClient, TritonClient
 from scripts.serving.keys import read_inference_key, read_triton_key
+from scripts.serving.lm_samples import print_streams
 from scripts.training.train_digits import PIXEL_MAX, digits_split
 
 SENTENCE = "A gorgeous, witty and deeply moving film; the best I have seen this year."
+LANGUAGE_MODEL = "demo-lm"  # maas train lm --out artifacts/demo-lm: streamed when it is in the model store
 
 
 def digit_png(pixels: np.ndarray, scale: int = 4) -> bytes:
@@ -82,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     text = {"TEXT": np.array([[SENTENCE.encode()]], dtype=np.object_)}
     for name, client in triton.items():
         print(f"Triton {name:<9} -> {describe(client.infer('sentiment', text))}")
+
+    if (REPO_ROOT / "model_store" / f"{LANGUAGE_MODEL}.mar").is_file():
+        print_streams(LANGUAGE_MODEL, args.torchserve, read_inference_key(REPO_ROOT), args.triton_http,
+                      args.triton_grpc, access)  # fmt: skip
 
 
 def describe(result) -> str:

@@ -1,7 +1,12 @@
-"""Import a trained Hugging Face sequence classifier (BERT, DistilBERT, RoBERTa, ELECTRA, DeBERTa, XLM-R ...).
+"""Import a trained Hugging Face sequence classifier (BERT, DistilBERT, RoBERTa, ELECTRA, DeBERTa, XLM-R ...), or a
+causal language model (GPT-2, Llama, Qwen2 ...: scripts/training/import_hf_lm.py, options --prompts and --task).
 
     maas import hf DIR --out ARTIFACT [--name NAME] [--held-out FILE] [--labels a,b,...] [--max-length N]
+    maas import hf DIR --out ARTIFACT [--name NAME] [--prompts FILE]     (a causal LM)
     e.g.  maas import hf ~/models/my-roberta-sentiment --out artifacts/reviews --held-out reviews_test.csv
+
+Which one: ``--task``, else config.json's ``architectures`` (``...ForCausalLM`` / ``...LMHeadModel``: a language
+model), else the model type (one with a causal LM class and no sequence-classification class: a language model).
 
 DIR is a local checkpoint that ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load (config.json, the
 weights, the tokenizer files); nothing is fetched from a hub. Writes an ordinary eager artifact: the weights as
@@ -29,6 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers.models.auto.modeling_auto import (  # noqa: E402
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
 from scripts.training.common import write_artifact  # noqa: E402
@@ -62,13 +71,38 @@ class ImportRefused(ValueError):
     """The directory cannot be imported as it is; the message says why and what to do."""
 
 
-def load_checkpoint(source: Path):
+TASKS = ("text-classification", "text-generation")
+CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, GPT2LMHeadModel ...
+
+
+def checkpoint_config(source: Path):
+    """The checkpoint's config; a path that is not a Hugging Face model directory is refused by name."""
     if not source.is_dir():
         raise ImportRefused(f"{source} {'is not a directory' if source.exists() else 'does not exist'}: pass a "
                             "Hugging Face model directory (config.json, weights, tokenizer files)")  # fmt: skip
     if not (source / "config.json").is_file():
         raise ImportRefused(f"{source} has no config.json: not a Hugging Face model directory")
-    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except (ValueError, KeyError, OSError) as exc:
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ImportRefused(f"{source}/config.json does not load: {line}") from None
+
+
+def detect_task(config) -> str:
+    """``text-generation`` for a causal LM checkpoint, else ``text-classification`` (the module docstring says how)."""
+    architectures = config.architectures or []
+    if architectures:
+        causal = any(a.endswith(CAUSAL_LM_CLASSES) for a in architectures)
+        return "text-generation" if causal else "text-classification"
+    model_type = config.model_type
+    only_causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    only_causal &= model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    return "text-generation" if only_causal else "text-classification"
+
+
+def load_checkpoint(source: Path):
+    config = checkpoint_config(source)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True).eval()
     except (ValueError, KeyError, OSError) as exc:
@@ -156,15 +190,27 @@ def import_hf(source: Path, out: Path, name: str | None = None, held_out: Path |
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="a local Hugging Face sequence-classification checkpoint")
+    parser.add_argument("source", type=Path, help="a local Hugging Face checkpoint: a classifier or a causal LM")
     parser.add_argument("--out", type=Path, required=True, help="the artifact directory to write")
     parser.add_argument("--name", help="model name on the servers (default: the --out directory's name)")
-    parser.add_argument("--held-out", type=Path, help="labelled rows: CSV (text,label) or JSONL")
-    parser.add_argument("--labels", type=lambda v: v.split(","), help="label names in output order, comma-separated")
-    parser.add_argument("--max-length", type=int, help="tokens per text (longer texts keep their head)")
+    parser.add_argument("--task", choices=TASKS, help="what the checkpoint is (default: read from its config)")
+    parser.add_argument("--held-out", type=Path, help="classifier: labelled rows, CSV (text,label) or JSONL")
+    parser.add_argument("--labels", type=lambda v: v.split(","), help="classifier: label names in output order")
+    parser.add_argument("--max-length", type=int, help="classifier: tokens per text (longer texts keep their head)")
+    parser.add_argument("--prompts", type=Path, help="language model: prompts to record, one per line")
     args = parser.parse_args(argv)
     try:
-        import_hf(args.source, args.out, args.name, args.held_out, args.labels, args.max_length)
+        task = args.task or detect_task(checkpoint_config(args.source))
+        wrong = ["--prompts"] if task == TASKS[0] else ["--held-out", "--labels", "--max-length"]
+        given = [option for option in wrong if getattr(args, option[2:].replace("-", "_")) is not None]
+        if given:
+            raise ImportRefused(f"{given[0]} does not apply to a {task} checkpoint ({args.source})")
+        if task == "text-generation":
+            from scripts.training.import_hf_lm import import_hf_lm  # it imports this module
+
+            import_hf_lm(args.source, args.out, args.name, args.prompts)
+        else:
+            import_hf(args.source, args.out, args.name, args.held_out, args.labels, args.max_length)
     except (ImportRefused, DataError) as exc:
         raise SystemExit(f"maas import hf: {exc}") from None
 

@@ -51,7 +51,7 @@ def triton_generate(triton, model: str, body: dict, stream: bool = False) -> tup
         text = "".join(response.iter_text())
     if not stream or response.status_code != 200:
         return response.status_code, [json.loads(text)]
-    return 200, [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+    return 200, [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
 
 
 def triton_grpc_stream(triton, model: str, prompt: str, parameters: dict) -> list[str]:

@@ -36,6 +36,7 @@ CASES = [
     ("train text --data /no/such.csv --out {tmp}/text", "/no/such.csv"),
     ("train tabular --csv /no/such.csv --target y --out {tmp}/tabular", "/no/such.csv"),
     ("train image --data /no/such --out {tmp}/image", "/no/such"),
+    ("train lm --corpus /no/such.txt --out {tmp}/lm", "/no/such.txt"),
     ("compress distill /no/such --layers 2", "/no/such"),
     ("compress prune /no/such --keep 0.5", "/no/such"),
     ("compress prune {artifact} --keep 0.5", "{artifact} is a image_classification model"),
