@@ -10,6 +10,10 @@ sequence is cancelled at that step, freeing its slot.
 
 Why this mode and not ``asyncCommunication``: TorchServe tells an async handler nothing when a client goes away,
 so a generation would run on for nobody.
+
+HTTP only: TorchServe 0.12's gRPC job reports a live stream as closed (``GRPCJob.isOpen`` returns ``isCancelled``),
+so the continuous-batching loop drops a gRPC request after its first chunk and the call hangs until its deadline.
+A request without HTTP headers came over gRPC: it is refused at once, with a message saying so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from handlers.errors import ServingError, as_serving_error
+from handlers.errors import InvalidInput, ServingError, as_serving_error
 from handlers.generation.engine import Event
 from handlers.generation.metrics import GenerationMetrics, publish_torchserve
 from handlers.generation.service import GenerateRequest, GenerationService, answer
@@ -44,6 +48,13 @@ class _Reply:
     final: bool
     sent_before: bool
     content_type: str
+    grpc: bool = False  # TorchServe's gRPC job needs an explicit end of stream even on a first, last reply
+
+
+GRPC_REFUSAL = (
+    "language models on TorchServe answer over HTTP only (POST /predictions/<model>): TorchServe 0.12's gRPC drops "
+    "a continuous-batching request after its first chunk; Triton's gRPC streams them"
+)
 
 
 class GenerationHandler:
@@ -68,10 +79,11 @@ class GenerationHandler:
         replies: dict[int, _Reply] = {}
         for idx, (request_id, item) in enumerate(zip(ids, data, strict=True)):
             if request_id not in self.flights:
-                refused = self.admit(request_id, item)
+                grpc = not any(k.lower() == "host" for k in context.get_all_request_header(idx))
+                refused = InvalidInput(GRPC_REFUSAL) if grpc else self.admit(request_id, item)
                 if refused is not None:
                     context.set_response_status(refused.http_status, refused.message, idx)
-                    replies[idx] = _Reply(json.dumps({"error": refused.to_json()}), True, False, ANSWER_TYPE)
+                    replies[idx] = _Reply(json.dumps({"error": refused.to_json()}), True, False, ANSWER_TYPE, grpc)
         stepped = engine.step() if engine.has_work else []
         events = {event.request_id: event for event in stepped}
         self.record_metrics(stepped, context)
@@ -128,6 +140,6 @@ class GenerationHandler:
         with its status line, and a reply that is both first and last as one plain (non-chunked) response."""
         for idx, reply in enumerate(replies):
             context.set_response_content_type(idx, reply.content_type)
-        outcome = [None if r.final and not r.sent_before else r.final for r in replies]
+        outcome = [None if r.final and not r.sent_before and not r.grpc else r.final for r in replies]
         context.stopping_criteria = [lambda _, stop=stop: stop for stop in outcome]
         return [reply.body for reply in replies]

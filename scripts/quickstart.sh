@@ -9,7 +9,9 @@ maas=.venv/bin/maas
 
 [[ -f artifacts/digits/held_out.jsonl ]] || $maas train digits --out artifacts/digits        # ~10 s
 [[ -f artifacts/sentiment/held_out.jsonl ]] || $maas train text --out artifacts/sentiment  # ~2-3 min
-$maas build artifacts/digits artifacts/sentiment   # each in its measured default format (README: Model formats)
+[[ -f artifacts/demo-lm/held_out.jsonl ]] || $maas train lm --out artifacts/demo-lm          # ~3 min
+# each in its measured default format (README: Model formats); the language model as trained
+$maas build artifacts/digits artifacts/sentiment artifacts/demo-lm
 
 # Restart whatever an earlier Quick start left running, so the servers load the archives just built.
 $maas serve stop >/dev/null 2>&1 || true
@@ -25,6 +27,8 @@ Both servers keep running. Query them (README.md has more):
   curl -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
        -d '{"text": "What a delight!"}' http://127.0.0.1:8080/predictions/sentiment
   curl http://127.0.0.1:8000/v2/models/sentiment        # Triton model metadata (V2 protocol)
+  curl -N http://127.0.0.1:8000/v2/models/demo-lm/generate_stream \
+       -d '{"text_input": "The model", "stream": true, "parameters": {"max_tokens": 32}}'
 Stop them:
   .venv/bin/maas serve stop
 TXT

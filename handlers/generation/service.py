@@ -54,6 +54,8 @@ def load_engine(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load would clutter the server logs
+    if manifest.serving.threads:  # intra-op threads of each step (per process); 0 keeps PyTorch's default
+        torch.set_num_threads(manifest.serving.threads)
     model_dir = Path(artifact_dir) / manifest.model["dir"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -29,7 +29,7 @@ import torch
 from handlers.generation.engine import Engine
 from handlers.generation.loop import EngineLoop
 from handlers.generation.sampling import SamplingParams
-from scripts.training.lm_artifact import plain_greedy
+from scripts.training.lm_artifact import context_length, plain_greedy
 
 IN_PROCESS, SERVERS = ("in-process", "naive", "static"), ("torchserve", "triton")
 TARGET_C = 16  # where the targets are read (the highest level measured when 16 is not)
@@ -226,8 +226,10 @@ def static_generate(model, tokenizer, group: list[Request]) -> int:
     """One padded batch through ``model.generate``: every row runs to the group's longest planned length."""
     from transformers import GenerationConfig
 
-    longest = max(r.output_tokens for r in group)
     encoded = tokenizer([r.prompt for r in group], return_tensors="pt", padding=True)
+    # Every row runs as long as the longest, from its own position: the longest prompt bounds it by the context.
+    room = context_length(model.config) - int(encoded["attention_mask"].sum(1).max())
+    longest = min(max(r.output_tokens for r in group), room)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     settings = GenerationConfig(do_sample=False, num_beams=1, min_new_tokens=longest, max_new_tokens=longest,
                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
@@ -247,7 +249,9 @@ def static_levels(model, tokenizer, warm: Request):
             group, sent = requests[i : i + c], time.perf_counter()
             generated = static_generate(model, tokenizer, group)
             took = time.perf_counter() - sent  # not streamed: the first token arrives with the whole batch
-            results += [RequestResult(r.output_tokens, took, took, [], min(generated, r.output_tokens)) for r in group]
+            # a row the context cut short counts only the tokens it got
+            results += [RequestResult(min(generated, r.output_tokens), took, took, [], min(generated, r.output_tokens))
+                        for r in group]  # fmt: skip
         return results, time.perf_counter() - start
 
     def measure_level(requests: list[Request], c: int) -> tuple[list[RequestResult], float]:

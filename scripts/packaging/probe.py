@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 from tritonclient.utils import np_to_triton_dtype
 
-from handlers.artifact import Manifest, decode_row
+from handlers.artifact import HELD_OUT_NAME, Manifest, decode_row
 from handlers.self_check import SELF_CHECK_NAME
 from handlers.tasks import load_pipeline
-from scripts.serving.probe import PROBE_NAME
+from scripts.packaging.generation_build import is_language_model
+from scripts.serving.probe import GENERATE, PROBE_NAME
 
 
 def make_probe(artifact_dir: Path, manifest: Manifest) -> dict | None:
     """The probe for an artifact; None when it has no self-check rows or its pipeline has no client forms."""
+    if is_language_model(manifest):
+        return language_model_probe(artifact_dir, manifest)
     self_check = Path(artifact_dir) / SELF_CHECK_NAME
     if not self_check.exists():
         return None
@@ -33,6 +36,14 @@ def make_probe(artifact_dir: Path, manifest: Manifest) -> dict | None:
         return None
     wire = {"base64": base64.b64encode(body).decode()} if isinstance(body, bytes) else {"json": body}
     return {"model": manifest.name, "torchserve": wire, "triton": [encode_tensor(n, a) for n, a in tensors.items()]}
+
+
+def language_model_probe(artifact_dir: Path, manifest: Manifest) -> dict:
+    """One greedy token of the first recorded prompt."""
+    record = json.loads((Path(artifact_dir) / HELD_OUT_NAME).read_text(encoding="utf-8").splitlines()[0])
+    prompt, one_token = record["input"]["prompt"], {"max_tokens": 1, "temperature": 0}
+    return {"model": manifest.name, "torchserve": {"json": {"text_input": prompt, **one_token}},
+            GENERATE: {"text_input": prompt, "parameters": one_token}}  # fmt: skip
 
 
 def write_probe(artifact_dir: Path, manifest: Manifest, destination: Path) -> None:

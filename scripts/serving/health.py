@@ -26,7 +26,7 @@ from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY
 from scripts.serving.client import infer_inputs
 from scripts.serving.keys import read_inference_key, read_triton_key
 from scripts.serving.pod_probe import torchserve_body
-from scripts.serving.probe import torchserve_probes, triton_inputs, triton_probes
+from scripts.serving.probe import GENERATE, torchserve_probes, triton_inputs, triton_probes
 
 PROBE_TIMEOUT = 5.0
 
@@ -76,10 +76,14 @@ def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[
                 if probe is None:
                     ok = client.is_model_ready(model, headers=headers)
                     detail = f"no probe in the model directory: model {'ready' if ok else 'not ready'}"
+                elif GENERATE in probe:  # a language model (decoupled): /infer refuses it, generate answers
+                    response = httpx.post(f"http://{url}/v2/models/{model}/generate", json=probe[GENERATE],
+                                          headers=headers, timeout=timeout)  # fmt: skip
+                    ok, detail = response.status_code == 200, f"generate: HTTP {response.status_code}"
                 else:
                     client.infer(model, infer_inputs(triton_http, triton_inputs(probe)), headers=headers)
                     ok, detail = True, "answered"
-            except (InferenceServerException, OSError) as exc:
+            except (InferenceServerException, OSError, httpx.HTTPError) as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             results.append(ModelHealth("triton", model, ok, _ms(start), detail))
     finally:

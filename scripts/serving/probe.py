@@ -8,6 +8,9 @@ says 200. A probe's TorchServe request is ``pod_probe.torchserve_body`` (the KSe
 
     {"model": "digits", "torchserve": {"json": {...}} | {"base64": "..."},
      "triton": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1, 1], "base64": ["..."]} | {..., "data": [...]}]}
+
+A language model's probe asks for one greedy token of a recorded prompt; on Triton through ``generate`` (``/infer``
+refuses a decoupled model): ``{"model", "torchserve": {"json": {...}}, "triton_generate": {...}}``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from tritonclient.utils import triton_to_np_dtype
 
 PROBE_NAME = "probe.json"
+GENERATE = "triton_generate"
 
 
 def decode_tensor(record: dict) -> np.ndarray:

@@ -33,14 +33,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
-from transformers.models.auto.modeling_auto import (  # noqa: E402
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from handlers.artifact import Manifest, write_held_out  # noqa: E402
 from scripts.training.common import write_artifact  # noqa: E402
+from scripts.training.hf_checkpoint import TASKS, ImportRefused, checkpoint_config, detect_task  # noqa: E402,F401
+from scripts.training.import_hf_lm import import_hf_lm  # noqa: E402
 from scripts.training.text_data import DataError, read_labelled_texts  # noqa: E402
 from scripts.training.train_text import text_manifest  # noqa: E402
 
@@ -65,40 +63,6 @@ PROBE_TEXTS = [
     "Works exactly as described; the battery lasts for days.",
     "Nothing here is new, but it is done with care.",
 ]
-
-
-class ImportRefused(ValueError):
-    """The directory cannot be imported as it is; the message says why and what to do."""
-
-
-TASKS = ("text-classification", "text-generation")
-CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, GPT2LMHeadModel ...
-
-
-def checkpoint_config(source: Path):
-    """The checkpoint's config; a path that is not a Hugging Face model directory is refused by name."""
-    if not source.is_dir():
-        raise ImportRefused(f"{source} {'is not a directory' if source.exists() else 'does not exist'}: pass a "
-                            "Hugging Face model directory (config.json, weights, tokenizer files)")  # fmt: skip
-    if not (source / "config.json").is_file():
-        raise ImportRefused(f"{source} has no config.json: not a Hugging Face model directory")
-    try:
-        return AutoConfig.from_pretrained(source, local_files_only=True)
-    except (ValueError, KeyError, OSError) as exc:
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ImportRefused(f"{source}/config.json does not load: {line}") from None
-
-
-def detect_task(config) -> str:
-    """``text-generation`` for a causal LM checkpoint, else ``text-classification`` (the module docstring says how)."""
-    architectures = config.architectures or []
-    if architectures:
-        causal = any(a.endswith(CAUSAL_LM_CLASSES) for a in architectures)
-        return "text-generation" if causal else "text-classification"
-    model_type = config.model_type
-    only_causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    only_causal &= model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-    return "text-generation" if only_causal else "text-classification"
 
 
 def load_checkpoint(source: Path):
@@ -206,8 +170,6 @@ def main(argv: list[str] | None = None) -> None:
         if given:
             raise ImportRefused(f"{given[0]} does not apply to a {task} checkpoint ({args.source})")
         if task == "text-generation":
-            from scripts.training.import_hf_lm import import_hf_lm  # it imports this module
-
             import_hf_lm(args.source, args.out, args.name, args.prompts)
         else:
             import_hf(args.source, args.out, args.name, args.held_out, args.labels, args.max_length)

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from handlers.artifact import Manifest  # noqa: E402
-from scripts.training.import_hf import ImportRefused, checkpoint_config  # noqa: E402
+from scripts.training.hf_checkpoint import ImportRefused, checkpoint_config  # noqa: E402
 from scripts.training.lm_artifact import context_length, write_lm_artifact  # noqa: E402
 
 # Recorded when the user gives no prompts: short, varied, and plain enough for a model of any size.

@@ -35,7 +35,7 @@ from handlers.artifact import Manifest, write_artifact_manifest, write_held_out
 from handlers.formats import FILES
 from handlers.tasks import load_pipeline
 from scripts.training.common import write_artifact
-from scripts.training.import_hf import ImportRefused
+from scripts.training.hf_checkpoint import ImportRefused
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

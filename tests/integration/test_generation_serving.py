@@ -229,3 +229,43 @@ def test_a_cancelled_grpc_stream_frees_its_slot_on_triton(triton):
     assert triton_generate(triton, "lm_gpt2", {"text_input": "hi", "parameters": {"max_tokens": 2}})[0] == 200
     assert metric(scrape(), "maas_generation_tokens_total", model="lm_gpt2") == generated + 2
     assert metric(scrape(), "maas_time_to_first_token_seconds_count", model="lm_gpt2") >= 2
+
+
+@pytest.fixture(scope="module")
+def torchserve_grpc(torchserve, tmp_path_factory):
+    import grpc
+
+    from tests.fixtures.torchserve_grpc import torchserve_grpc_stubs
+
+    inference_pb2, inference_pb2_grpc = torchserve_grpc_stubs(tmp_path_factory.mktemp("ts-grpc"))
+    channel = grpc.insecure_channel(f"127.0.0.1:{torchserve.grpc_port}")
+    yield inference_pb2, inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+    channel.close()
+
+
+def test_torchserve_refuses_grpc_for_language_models_at_once(torchserve, torchserve_grpc):
+    """TorchServe 0.12's gRPC job reports a live stream as closed, so continuous batching drops a gRPC request after
+    its first chunk and the call would hang until its deadline: both calls are answered at once with why."""
+    inference_pb2, stub = torchserve_grpc
+    metadata = [("authorization", f"Bearer {torchserve.inference_key}")]
+    body = json.dumps({"text_input": "the model", "stream": True, **GREEDY}).encode()
+    request = inference_pb2.PredictionsRequest(model_name="lm_gpt2", input={"data": body})
+    [message] = list(stub.StreamPredictions(request, metadata=metadata, timeout=30))
+    assert "answer over HTTP only" in json.loads(message.prediction)["error"]["message"]
+    answer = stub.Predictions(request, metadata=metadata, timeout=30)
+    assert "answer over HTTP only" in json.loads(answer.prediction)["error"]["message"]
+    assert torchserve_generate(torchserve, "lm_gpt2", {"text_input": "hi", "max_tokens": 2})[0] == 200
+
+
+def test_the_deep_health_probe_asks_each_language_model_for_a_token(torchserve, triton, built_models):
+    """The probe written at build time (one greedy token) answers on both servers: ``maas serve status`` and the
+    Triton supervisor see a live model, not only a ready one."""
+    from scripts.serving.health import torchserve_health, triton_health
+
+    store, repository = built_models.root / "model_store", built_models.root / "model_repository"
+    results = torchserve_health(torchserve.inference_url, torchserve.inference_key, store)
+    results += triton_health(f"127.0.0.1:{triton.http}", repository)
+    language_models = [r for r in results if r.model.startswith("lm_")]
+    assert len(language_models) == 2 * len(KINDS), results
+    assert all(r.ok for r in language_models), language_models
+    assert {r.detail for r in language_models} == {"HTTP 200", "generate: HTTP 200"}
