@@ -17,7 +17,7 @@ import numpy as np
 from scripts.serving.keys import TritonAccess
 
 PROMPT = "The model"
-REQUEST = {"max_tokens": 40, "temperature": 0}
+REQUEST = {"max_tokens": 40, "temperature": 0, "stop": "\n\n"}  # greedy, up to the first blank line
 
 
 def torchserve_stream(url: str, model: str, key: str) -> Iterator[str]:
@@ -66,7 +66,10 @@ def triton_grpc(address: str, model: str, headers: dict) -> Iterator[str]:
 def print_streams(model: str, torchserve_url: str, torchserve_key: str, triton_http: str, triton_grpc_address: str,
                   access: TritonAccess | None) -> None:  # fmt: skip
     """``access``: Triton's key, sent when inference is behind it (``maas serve start --protect-inference``)."""
-    print(f'\nsample: "{PROMPT}" continued by {model}, greedy, {REQUEST["max_tokens"]} tokens at most, streamed\n')
+    print(
+        f'\nsample: "{PROMPT}" continued by {model}, greedy, {REQUEST["max_tokens"]} tokens at most, up to a blank '
+        "line, streamed (newlines shown as \\n)\n"
+    )
     streams = {
         "TorchServe REST ": lambda: torchserve_stream(torchserve_url, model, torchserve_key),
         "Triton SSE      ": lambda: triton_sse(triton_http, model, access.inference_headers() if access else {}),
@@ -77,6 +80,6 @@ def print_streams(model: str, torchserve_url: str, torchserve_key: str, triton_h
     for name, stream in streams.items():
         print(f"{name} -> {PROMPT}", end="", flush=True)
         for delta in stream():
-            print(delta, end="", flush=True)  # token by token, as they arrive
+            print(delta.replace("\n", "\\n"), end="", flush=True)  # token by token, as they arrive
         print()
     sys.stdout.flush()
