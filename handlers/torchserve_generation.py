@@ -19,7 +19,7 @@ A request without HTTP headers came over gRPC: it is refused at once, with a mes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ import torch
 from handlers.errors import InvalidInput, ServingError, as_serving_error
 from handlers.generation.engine import Event
 from handlers.generation.metrics import GenerationMetrics, publish_torchserve
-from handlers.generation.service import GenerateRequest, GenerationService, answer
+from handlers.generation.service import Answers, GenerateRequest, GenerationService
 from handlers.log_limit import rate_limited
 from handlers.torchserve_handler import request_body
 
@@ -38,7 +38,7 @@ STREAM_TYPE, ANSWER_TYPE = "application/x-ndjson", "application/json"
 @dataclass
 class _Flight:
     request: GenerateRequest
-    text: list[str] = field(default_factory=list)  # a whole answer's deltas so far
+    answers: Answers
     sent: bool = False  # a chunk went out: the answer is a chunked HTTP response from now on
 
 
@@ -101,7 +101,7 @@ class GenerationHandler:
             if not isinstance(exc, ServingError):
                 log.exception("could not queue a generation request")
             return as_serving_error(exc)
-        self.flights[request_id] = _Flight(request)
+        self.flights[request_id] = _Flight(request, Answers(request))
         self.metrics.arrived(request_id)
         return None
 
@@ -120,18 +120,13 @@ class GenerationHandler:
         content_type = STREAM_TYPE if request.stream else ANSWER_TYPE
         sent_before, flight.sent = flight.sent, True
         if event is None or not event.finished:
-            text = event.text if event is not None else ""
-            if not request.stream:
-                flight.text.append(text)
-                text = ""
-            line = json.dumps({"text_output": text, "finish_reason": None}) + "\n" if text else ""
-            return _Reply(line, False, sent_before, content_type)
+            body = flight.answers.next(event) if event is not None else None
+            return _Reply(json.dumps(body) + "\n" if body else "", False, sent_before, content_type)
         del self.flights[request_id]
         if event.finish_reason == "error":
             body = {"error": {"code": 500, "type": "InternalError", "message": event.error}, "finish_reason": "error"}
         else:
-            text = event.text if request.stream else "".join(flight.text) + event.text
-            body = answer(request, text, event.finish_reason, event.prompt_tokens, event.completion_tokens)
+            body = flight.answers.next(event)
         return _Reply(json.dumps(body) + ("\n" if request.stream else ""), True, sent_before, content_type)
 
     @staticmethod

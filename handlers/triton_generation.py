@@ -32,7 +32,7 @@ from handlers.generation.metrics import (
     GenerationMetrics,
     StepMetrics,
 )
-from handlers.generation.service import GenerateRequest, GenerationService, answer
+from handlers.generation.service import Answers, GenerateRequest, GenerationService
 from handlers.log_limit import rate_limited
 from handlers.triton_model import artifact_dir, device, log_to_triton
 
@@ -124,23 +124,15 @@ class Replier:
     """Sends one request's events as responses (called on the engine thread)."""
 
     def __init__(self, request: GenerateRequest, sender):
-        self.request, self.sender, self.text = request, sender, []
+        self.sender, self.answers = sender, Answers(request)
 
     def __call__(self, event: Event) -> None:
         if event.finish_reason == "cancelled":
             self.sender.send(flags=FINAL)  # the client is gone: close the request, nothing to say
         elif event.finish_reason == "error":
             self.sender.send(error_response(InternalError(event.error or "generation failed")), flags=FINAL)
-        elif event.finished:
-            text = event.text if self.request.stream else "".join(self.text) + event.text
-            body = answer(self.request, text, event.finish_reason, event.prompt_tokens, event.completion_tokens)
-            self.sender.send(response(body), flags=FINAL)
-        elif self.request.stream:
-            if event.text:
-                self.sender.send(response({"text_output": event.text, "finish_reason": None,
-                                           "usage": usage(event)}))  # fmt: skip
-        else:
-            self.text.append(event.text)
+        elif (body := self.answers.next(event)) is not None:
+            self.sender.send(response({"usage": usage(event)} | body), flags=FINAL if event.finished else 0)
 
 
 def usage(event: Event) -> dict:

@@ -65,7 +65,7 @@ def load_engine(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
 
 class GenerationService:
     """One served language model: ``parse`` a request, run it on ``engine`` (directly, or through an EngineLoop),
-    shape the answers with ``answer``/``chunk``."""
+    shape its answers with ``Answers``."""
 
     def __init__(self, artifact_dir: Path, device: str = "cpu", self_check: bool = True):
         self.manifest = read_manifest(artifact_dir)  # verifies every file's checksum
@@ -125,6 +125,25 @@ def answer(request: GenerateRequest, text: str, finish_reason: str | None, promp
         text = request.prompt + text
     return {"text_output": text, "finish_reason": finish_reason,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}  # fmt: skip
+
+
+class Answers:
+    """One request's answers from its engine events, the same on both servers: a stream's text deltas as they come,
+    or one whole answer at the end, its deltas gathered here. Errors and cancellations are each server's own."""
+
+    def __init__(self, request: GenerateRequest):
+        self.request, self._text = request, []
+
+    def next(self, event) -> dict | None:
+        """The answer this event makes: the last one when it ends, a stream's delta when there is new text, else
+        None (a whole answer still gathering, or text held back)."""
+        if event.finished:
+            text = event.text if self.request.stream else "".join(self._text) + event.text
+            return answer(self.request, text, event.finish_reason, event.prompt_tokens, event.completion_tokens)
+        if self.request.stream:
+            return {"text_output": event.text, "finish_reason": None} if event.text else None
+        self._text.append(event.text)
+        return None
 
 
 def check_generations(engine: Engine, artifact_dir: Path) -> None:

@@ -40,16 +40,18 @@ def triton_sse(address: str, model: str, headers: dict) -> Iterator[str]:
                 yield json.loads(line[len("data: ") :])["text_output"]
 
 
-def triton_grpc(address: str, model: str, headers: dict) -> Iterator[str]:
+def triton_grpc(address: str, model: str, headers: dict, prompt: str = PROMPT, parameters: dict = REQUEST
+                ) -> Iterator[str]:  # fmt: skip
+    """The text deltas of one gRPC ``ModelStreamInfer`` call (an error response raises)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(address)
     responses: queue.Queue = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put(error or result), headers=headers)
     inputs = [grpcclient.InferInput("text_input", [1], "BYTES"), grpcclient.InferInput("stream", [1], "BOOL")]
-    inputs[0].set_data_from_numpy(np.array([PROMPT.encode()], dtype=np.object_))
+    inputs[0].set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
     inputs[1].set_data_from_numpy(np.array([True]))
-    client.async_stream_infer(model, inputs, parameters=REQUEST, enable_empty_final_response=True)
+    client.async_stream_infer(model, inputs, parameters=parameters, enable_empty_final_response=True)
     try:
         while True:
             result = responses.get(timeout=60)

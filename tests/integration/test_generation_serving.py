@@ -20,6 +20,7 @@ import tritonclient.grpc as triton_grpc
 from handlers.generation.sampling import SamplingParams
 from handlers.generation.service import GenerationService
 from scripts.serving.keys import bearer
+from scripts.serving.lm_samples import triton_grpc as grpc_stream
 from tests.fixtures.lm import KINDS, stable_prompts
 
 pytestmark = pytest.mark.models(*(f"lm_{kind}" for kind in KINDS))
@@ -54,41 +55,22 @@ def triton_generate(triton, model: str, body: dict, stream: bool = False) -> tup
     return 200, [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
 
 
-def triton_grpc_stream(triton, model: str, prompt: str, parameters: dict) -> list[str]:
-    """The text deltas of one gRPC ModelStreamInfer call."""
-    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
-    results: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: results.put(error or result))
-    inputs = [triton_grpc.InferInput("text_input", [1], "BYTES"), triton_grpc.InferInput("stream", [1], "BOOL")]
-    inputs[0].set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    inputs[1].set_data_from_numpy(np.array([True]))
-    client.async_stream_infer(model, inputs, parameters=parameters, enable_empty_final_response=True)
-    deltas = []
-    while True:
-        result = results.get(timeout=60)
-        assert not isinstance(result, Exception), result
-        response = result.get_response()
-        if response.outputs:
-            deltas.append(result.as_numpy("text_output")[0].decode())
-        if response.parameters["triton_final_response"].bool_param:
-            break
-    client.stop_stream()
-    return deltas
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_greedy_answers_on_both_servers_equal_the_engine_in_process(torchserve, triton, lm_artifacts, expected,
                                                                       kind):  # fmt: skip
     """Every prompt at once, whole and streamed, on both servers: they share batches at different positions."""
     model, prompts = f"lm_{kind}", stable_prompts(lm_artifacts[kind])
+    address = f"127.0.0.1:{triton.grpc}"
     calls = []
     for prompt in prompts:
         body = {"text_input": prompt, "exclude_input_in_output": True, **GREEDY}
-        calls += [("ts", prompt, lambda b=body: torchserve_generate(torchserve, model, b)),
-                  ("ts-stream", prompt, lambda b=body: torchserve_generate(torchserve, model, b | {"stream": True})),
-                  ("triton", prompt, lambda b=body: triton_generate(triton, model, b)),
-                  ("triton-sse", prompt, lambda b=body: triton_generate(triton, model, b | {"stream": True}, True)),
-                  ("triton-grpc", prompt, lambda p=prompt: triton_grpc_stream(triton, model, p, GREEDY))]  # fmt: skip
+        calls += [
+            ("ts", prompt, lambda b=body: torchserve_generate(torchserve, model, b)),
+            ("ts-stream", prompt, lambda b=body: torchserve_generate(torchserve, model, b | {"stream": True})),
+            ("triton", prompt, lambda b=body: triton_generate(triton, model, b)),
+            ("triton-sse", prompt, lambda b=body: triton_generate(triton, model, b | {"stream": True}, True)),
+            ("triton-grpc", prompt, lambda p=prompt: list(grpc_stream(address, model, {}, p, GREEDY))),
+        ]
     with ThreadPoolExecutor(len(calls)) as pool:
         outcomes = list(pool.map(lambda call: call[2](), calls))
     for (path, prompt, _), outcome in zip(calls, outcomes, strict=True):
