@@ -8,6 +8,11 @@ its one JSON answer. ``context.stopping_criteria`` tells TorchServe which reques
 disconnects (HTTP) or cancels (gRPC) is dropped by TorchServe: its id is missing from the next call, and its
 sequence is cancelled at that step, freeing its slot.
 
+The OpenAI-compatible API comes through the same handler: TorchServe passes the path after
+``/predictions/<model>/<version>/`` as the ``url_path`` header, so ``.../predictions/<model>/1.0/v1`` is a base URL
+for OpenAI clients (``v1/completions``, ``v1/chat/completions``: Server-Sent Events or one JSON answer; ``v1/models``).
+A request's ``n`` choices (or prompts) are as many sequences in the engine, under ids ``<request id>/<choice>``.
+
 Why this mode and not ``asyncCommunication``: TorchServe tells an async handler nothing when a client goes away,
 so a generation would run on for nobody.
 
@@ -24,21 +29,66 @@ from pathlib import Path
 
 import torch
 
-from handlers.errors import InvalidInput, ServingError, as_serving_error
+from handlers.errors import InternalError, InvalidInput, ServingError, as_serving_error
 from handlers.generation.engine import Event
 from handlers.generation.metrics import GenerationMetrics, publish_torchserve
+from handlers.generation.openai_api import SSE_DONE, ModelCard, OpenAIError, error_body, models_list, parse, sse
+from handlers.generation.openai_reply import Reply
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
 from handlers.log_limit import rate_limited
 from handlers.torchserve_handler import request_body
 
 log = rate_limited(__name__)
-STREAM_TYPE, ANSWER_TYPE = "application/x-ndjson", "application/json"
+STREAM_TYPE, ANSWER_TYPE, SSE_TYPE = "application/x-ndjson", "application/json", "text/event-stream"
+OPENAI_PREFIX = "v1/"
+GRPC_REFUSAL = (
+    "language models on TorchServe answer over HTTP only (POST /predictions/<model>): TorchServe 0.12's gRPC drops "
+    "a continuous-batching request after its first chunk; Triton's gRPC streams them"
+)
+
+
+class NativeOut:
+    """The LLM-backend contract's answers: NDJSON lines when streaming, else one JSON answer."""
+
+    def __init__(self, request: GenerateRequest):
+        self.stream, self.done = request.stream, False
+        self.content_type = STREAM_TYPE if request.stream else ANSWER_TYPE
+
+    def add(self, index: int, answer: dict) -> str:
+        self.done = answer["finish_reason"] is not None
+        return json.dumps(answer) + "\n" if self.stream else json.dumps(answer) if self.done else ""
+
+    def fail(self, error: ServingError) -> str:
+        self.done = True
+        return json.dumps({"error": error.to_json(), "finish_reason": "error"}) + ("\n" if self.stream else "")
+
+
+class OpenAIOut:
+    """An OpenAI-API answer: Server-Sent Events ending with ``data: [DONE]`` when streaming, else one JSON answer."""
+
+    def __init__(self, reply: Reply):
+        self.reply, self.stream, self.failed = reply, reply.request.stream, False
+        self.content_type = SSE_TYPE if self.stream else ANSWER_TYPE
+
+    @property
+    def done(self) -> bool:
+        return self.failed or self.reply.done
+
+    def add(self, index: int, answer: dict) -> str:
+        chunks = self.reply.add(index, answer)
+        if self.stream:
+            return "".join(map(sse, chunks)) + (SSE_DONE if self.reply.done else "")
+        return json.dumps(self.reply.whole()) if self.reply.done else ""
+
+    def fail(self, error: ServingError) -> str:
+        self.failed = True
+        return sse(error_body(error)) + SSE_DONE if self.stream else json.dumps(error_body(error))
 
 
 @dataclass
 class _Flight:
-    request: GenerateRequest
-    answers: Answers
+    choices: list[tuple[str, Answers]]  # each choice's engine id and its answers
+    out: NativeOut | OpenAIOut
     sent: bool = False  # a chunk went out: the answer is a chunked HTTP response from now on
 
 
@@ -51,15 +101,10 @@ class _Reply:
     grpc: bool = False  # TorchServe's gRPC job needs an explicit end of stream even on a first, last reply
 
 
-GRPC_REFUSAL = (
-    "language models on TorchServe answer over HTTP only (POST /predictions/<model>): TorchServe 0.12's gRPC drops "
-    "a continuous-batching request after its first chunk; Triton's gRPC streams them"
-)
-
-
 class GenerationHandler:
     def __init__(self):
         self.service: GenerationService | None = None
+        self.card: ModelCard | None = None
         self.flights: dict[str, _Flight] = {}
         self.metrics = GenerationMetrics()
 
@@ -68,42 +113,70 @@ class GenerationHandler:
         gpu_id = properties.get("gpu_id")
         device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
         self.service = GenerationService(Path(properties["model_dir"]) / "artifact", device=device)
+        engine = self.service.engine
+        self.card = ModelCard(context.model_name, engine.tokenizer, engine.max_context, self.service.max_tokens_limit)
         log.info("loaded language model %s on %s", self.service.name, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
         engine = self.service.engine
         ids = [context.get_request_id(idx) for idx in range(len(data))]
         for gone in set(self.flights) - set(ids):  # TorchServe dropped it: the client went away
-            engine.cancel(gone)  # its "cancelled" event comes out of this step (and is counted)
-            del self.flights[gone]
+            for engine_id, _ in self.flights.pop(gone).choices:
+                engine.cancel(engine_id)  # its "cancelled" event comes out of this step (and is counted)
         replies: dict[int, _Reply] = {}
         for idx, (request_id, item) in enumerate(zip(ids, data, strict=True)):
             if request_id not in self.flights:
-                grpc = not any(k.lower() == "host" for k in context.get_all_request_header(idx))
-                refused = InvalidInput(GRPC_REFUSAL) if grpc else self.admit(request_id, item)
-                if refused is not None:
+                headers = context.get_all_request_header(idx)
+                if not any(k.lower() == "host" for k in headers):
+                    refused = InvalidInput(GRPC_REFUSAL)
                     context.set_response_status(refused.http_status, refused.message, idx)
-                    replies[idx] = _Reply(json.dumps({"error": refused.to_json()}), True, False, ANSWER_TYPE, grpc)
+                    body = json.dumps({"error": refused.to_json()})
+                    replies[idx] = _Reply(body, True, False, ANSWER_TYPE, grpc=True)
+                elif (early := self.admit(request_id, item, headers.get("url_path") or "")) is not None:
+                    status, body = early
+                    context.set_response_status(status, "OK" if status == 200 else "Refused", idx)
+                    replies[idx] = _Reply(body, True, False, ANSWER_TYPE)
         stepped = engine.step() if engine.has_work else []
         events = {event.request_id: event for event in stepped}
         self.record_metrics(stepped, context)
         for idx, request_id in enumerate(ids):
             if idx not in replies:
-                replies[idx] = self.reply(request_id, events.get(request_id))
+                replies[idx] = self.reply(request_id, events)
         return self.respond([replies[idx] for idx in range(len(ids))], context)
 
-    def admit(self, request_id: str, item: dict) -> ServingError | None:
-        """Parse a new request and queue it in the engine; the error to answer at once if it is refused."""
+    def admit(self, request_id: str, item: dict, route: str) -> tuple[int, str] | None:
+        """Parse a new request and queue its choices in the engine; an answer to send at once (a refusal, or the
+        model list) as (status, JSON body)."""
         try:
-            request = self.service.parse(request_body(item))
-            self.service.engine.add(request_id, request.prompt, request.params)
+            if route == "v1/models":
+                return 200, json.dumps(models_list([self.card.name]))
+            choices, out = self.plan(route, request_body(item))
         except Exception as exc:
             if not isinstance(exc, ServingError):
                 log.exception("could not queue a generation request")
-            return as_serving_error(exc)
-        self.flights[request_id] = _Flight(request, Answers(request))
-        self.metrics.arrived(request_id)
+            error = as_serving_error(exc)
+            return error.http_status, json.dumps(error_body(error) if route else {"error": error.to_json()})
+        engine_ids = [f"{request_id}/{i}" for i in range(len(choices))]
+        for engine_id, choice in zip(engine_ids, choices, strict=True):
+            self.service.engine.add(engine_id, choice.prompt, choice.params)
+            self.metrics.arrived(engine_id)
+        self.flights[request_id] = _Flight(list(zip(engine_ids, map(Answers, choices), strict=True)), out)
         return None
+
+    def plan(self, route: str, body) -> tuple[list[GenerateRequest], NativeOut | OpenAIOut]:
+        """A request's engine requests, every one checked (nothing is queued when one is refused), and its out."""
+        if not route:
+            request = self.service.parse(body)
+            return [request], NativeOut(request)
+        if not route.startswith(OPENAI_PREFIX):
+            raise OpenAIError(f"no such endpoint /{route} (a language model answers at /predictions/<model> and "
+                              "/predictions/<model>/<version>/v1/...)", status=404)  # fmt: skip
+        request = parse(route[len(OPENAI_PREFIX) :], body, self.card)
+        for choice in request.choices:
+            self.service.engine.prepare(choice.prompt, choice.params)
+        # Each choice streams its deltas to the Reply, which gathers them when the client wants one answer.
+        choices = [GenerateRequest(c.prompt, c.params, stream=True, exclude_input=True) for c in request.choices]
+        return choices, OpenAIOut(Reply(request))
 
     def record_metrics(self, events: list[Event], context) -> None:
         """Never fails a step: a fault here is logged, and the chunks still go out."""
@@ -113,21 +186,23 @@ class GenerationHandler:
         except Exception:
             log.exception("could not record metrics")
 
-    def reply(self, request_id: str, event: Event | None) -> _Reply:
-        """This step's chunk for one request: a stream's NDJSON line (or nothing new), or its whole answer."""
+    def reply(self, request_id: str, events: dict[str, Event]) -> _Reply:
+        """This step's chunk for one request: what its choices' events make (maybe nothing new), or its end."""
         flight = self.flights[request_id]
-        request = flight.request
-        content_type = STREAM_TYPE if request.stream else ANSWER_TYPE
+        out, parts = flight.out, []
+        for index, (engine_id, answers) in enumerate(flight.choices):
+            event = events.get(engine_id)
+            if event is not None and event.finish_reason == "error":
+                for other, _ in flight.choices:
+                    self.service.engine.cancel(other)
+                parts.append(out.fail(InternalError(event.error or "generation failed")))
+                break
+            if event is not None and (answer := answers.next(event)) is not None:
+                parts.append(out.add(index, answer))
         sent_before, flight.sent = flight.sent, True
-        if event is None or not event.finished:
-            body = flight.answers.next(event) if event is not None else None
-            return _Reply(json.dumps(body) + "\n" if body else "", False, sent_before, content_type)
-        del self.flights[request_id]
-        if event.finish_reason == "error":
-            body = {"error": {"code": 500, "type": "InternalError", "message": event.error}, "finish_reason": "error"}
-        else:
-            body = flight.answers.next(event)
-        return _Reply(json.dumps(body) + ("\n" if request.stream else ""), True, sent_before, content_type)
+        if out.done:
+            del self.flights[request_id]
+        return _Reply("".join(parts), out.done, sent_before, out.content_type)
 
     @staticmethod
     def respond(replies: list[_Reply], context) -> list[str]:

@@ -9,8 +9,8 @@ that closes its stream or cancels its call ends its sequence there, and its slot
 
 Tensors follow Triton's LLM backends: inputs ``text_input``, ``stream``, ``sampling_parameters`` (JSON),
 ``exclude_input_in_output``; output ``text_output``; plus ``finish_reason``, ``prompt_tokens`` and
-``completion_tokens`` (what an OpenAI-style answer needs). Request parameters (``max_tokens``, ``temperature``,
-..., ``stream``) are read too.
+``completion_tokens`` (what an OpenAI-style answer needs), and ``logprobs`` (JSON) when the request asked for
+them. Request parameters (``max_tokens``, ``temperature``, ..., ``stream``) are read too.
 """
 
 from __future__ import annotations
@@ -145,6 +145,8 @@ def response(body: dict):
                for name, value in strings.items()]  # fmt: skip
     tensors += [pb_utils.Tensor(name, np.array([body["usage"][name]], dtype=np.int32))
                 for name in ("prompt_tokens", "completion_tokens")]  # fmt: skip
+    if "logprobs" in body:
+        tensors.append(pb_utils.Tensor("logprobs", np.array([json.dumps(body["logprobs"]).encode()], dtype=np.object_)))
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 

@@ -33,7 +33,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from handlers.errors import InvalidInput
 from handlers.generation.detokenize import Detokenizer
-from handlers.generation.sampling import SamplingParams, sample
+from handlers.generation.sampling import SamplingParams, sample, token_logprobs
 
 log = logging.getLogger(__name__)
 GENERIC_ERROR = "internal error while generating"
@@ -52,6 +52,7 @@ class Event:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    logprobs: list[dict] | None = None  # one per token of ``token_ids`` when the request asked for them
 
 
 @dataclass
@@ -66,6 +67,7 @@ class _Sequence:
     cancelled: bool = False
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list[dict] | None = None  # the last sampled token's, for its event
 
 
 class Engine:
@@ -262,6 +264,8 @@ class Engine:
             token = sample(logits, seq.params, seq.generator)
             seq.output_ids.append(token)
             params = seq.params
+            if params.logprobs is not None:
+                seq.logprobs = [token_logprobs(logits, token, params.logprobs, self._decode_one)]
             if token in self.eos_ids and not params.ignore_eos:
                 reason, text = "stop", ""
             else:
@@ -280,7 +284,11 @@ class Engine:
 
     def _event(self, seq: _Sequence, text: str, token_ids: list[int]) -> Event:
         return Event(seq.request_id, text, token_ids, seq.finish_reason is not None, seq.finish_reason,
-                     len(seq.prompt_ids), len(seq.output_ids), seq.error)  # fmt: skip
+                     len(seq.prompt_ids), len(seq.output_ids), seq.error,
+                     seq.logprobs if token_ids else None)  # fmt: skip
+
+    def _decode_one(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def _end(self, seq: _Sequence, reason: str, error: str | None = None, text: str = "", token_ids=()) -> Event:
         seq.finish_reason, seq.error = reason, error

@@ -18,6 +18,7 @@ import torch
 from handlers.errors import InvalidInput
 
 MAX_STOP_STRINGS = 16  # each one is searched after every token: keep the per-token cost bounded
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's top_logprobs limit); each is decoded after every token
 MAX_SEED = 2**63 - 1
 
 
@@ -32,6 +33,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k: the sampled token's log-probability and the k most likely ones
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -58,6 +60,10 @@ class SamplingParams:
             raise InvalidInput(f"stop holds {len(self.stop)} strings; at most {MAX_STOP_STRINGS} are allowed")
         if not isinstance(self.ignore_eos, bool):
             raise InvalidInput(f"ignore_eos must be true or false, not {self.ignore_eos!r}")
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, least=0)
+            if self.logprobs > MAX_LOGPROBS:
+                raise InvalidInput(f"logprobs must be at most {MAX_LOGPROBS}, not {self.logprobs!r}")
 
     @property
     def greedy(self) -> bool:
@@ -114,6 +120,20 @@ def _check_int(name: str, value: Any, least: int) -> None:
 def _check_number(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidInput(f"{name} must be a finite number, not {value!r}")
+
+
+def token_logprobs(logits: torch.Tensor, token: int, top: int, decode) -> dict:
+    """The sampled token's log-probability under the model's distribution (before temperature, top-k and top-p, as
+    vLLM reports it) and the ``top`` most likely tokens', in OpenAI's chat format; ``decode`` maps an id to text."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+
+    def entry(token_id: int, value: float) -> dict:
+        text = decode(token_id)
+        return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = [] if best is None else zip(best.indices.tolist(), best.values.tolist(), strict=True)
+    return entry(token, float(logprobs[token])) | {"top_logprobs": [entry(i, v) for i, v in alternatives]}
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

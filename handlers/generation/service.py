@@ -8,11 +8,12 @@ speak to them work unchanged, and TorchServe takes the same fields as a JSON bod
 * ``exclude_input_in_output`` (bool, default false): a whole answer's ``text_output`` is prompt + completion
   unless this is true (streamed answers never repeat the prompt, as in Triton's vLLM backend);
 * ``sampling_parameters`` (an object, or its JSON as a string): ``max_tokens``, ``temperature``, ``top_p``,
-  ``top_k``, ``seed``, ``stop``, ``ignore_eos`` (``handlers/generation/sampling.py``); the same keys may also come
-  at the top level (Triton: as request parameters), and win there.
+  ``top_k``, ``seed``, ``stop``, ``ignore_eos``, ``logprobs`` (``handlers/generation/sampling.py``); the same keys
+  may also come at the top level (Triton: as request parameters), and win there.
 
 Every answer carries ``text_output``, ``finish_reason`` (``stop`` | ``length`` | ``error``) on the last one, and the
-token counts. A bad request is refused (``InvalidInput``, a 400) before any token is generated.
+token counts; with ``logprobs``, ``logprobs``: one entry per new token (OpenAI's chat shape). A bad request is
+refused (``InvalidInput``, a 400) before any token is generated.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from handlers.self_check import SelfCheckFailed
 
 TASK = "text_generation"
 FIELDS = {"text_input", "stream", "exclude_input_in_output", "sampling_parameters"}
-SAMPLING_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos"}
+SAMPLING_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "logprobs"}
 # The self-check replays greedy generations recorded where the model was made. Another CPU may sum in another
 # order: where two tokens' logits were closer than this, the pick may flip without anything being wrong.
 MARGIN_TOLERANCE = 1e-3
@@ -119,12 +120,13 @@ class GenerationService:
 
 
 def answer(request: GenerateRequest, text: str, finish_reason: str | None, prompt_tokens: int,
-           completion_tokens: int) -> dict:  # fmt: skip
+           completion_tokens: int, logprobs: list[dict] | None = None) -> dict:  # fmt: skip
     """A whole answer, or the last one of a stream (then ``text`` is the last delta)."""
     if not request.stream and not request.exclude_input:
         text = request.prompt + text
-    return {"text_output": text, "finish_reason": finish_reason,
+    body = {"text_output": text, "finish_reason": finish_reason,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}  # fmt: skip
+    return body | ({"logprobs": logprobs} if request.params.logprobs is not None else {})
 
 
 class Answers:
@@ -132,17 +134,23 @@ class Answers:
     or one whole answer at the end, its deltas gathered here. Errors and cancellations are each server's own."""
 
     def __init__(self, request: GenerateRequest):
-        self.request, self._text = request, []
+        self.request, self._text, self._logprobs = request, [], []
 
     def next(self, event) -> dict | None:
-        """The answer this event makes: the last one when it ends, a stream's delta when there is new text, else
-        None (a whole answer still gathering, or text held back)."""
-        if event.finished:
-            text = event.text if self.request.stream else "".join(self._text) + event.text
-            return answer(self.request, text, event.finish_reason, event.prompt_tokens, event.completion_tokens)
+        """The answer this event makes: the last one when it ends, a stream's delta when there is new text (or a
+        token's log-probability), else None (a whole answer still gathering, or text held back)."""
+        logprobs = event.logprobs or []
         if self.request.stream:
-            return {"text_output": event.text, "finish_reason": None} if event.text else None
+            if event.finished:
+                return answer(self.request, event.text, event.finish_reason, event.prompt_tokens,
+                              event.completion_tokens, logprobs)  # fmt: skip
+            delta = {"text_output": event.text, "finish_reason": None}
+            return delta | ({"logprobs": logprobs} if logprobs else {}) if event.text or logprobs else None
         self._text.append(event.text)
+        self._logprobs.extend(logprobs)
+        if event.finished:
+            return answer(self.request, "".join(self._text), event.finish_reason, event.prompt_tokens,
+                          event.completion_tokens, self._logprobs)  # fmt: skip
         return None
 
 

@@ -33,8 +33,9 @@ TORCHSERVE_CONFIG = {"continuousBatching": True}
 # name, data type, optional (inputs) -- Triton's vLLM backend contract, plus what an OpenAI answer needs
 INPUTS = [("text_input", "TYPE_STRING", False), ("stream", "TYPE_BOOL", True),
           ("sampling_parameters", "TYPE_STRING", True), ("exclude_input_in_output", "TYPE_BOOL", True)]  # fmt: skip
+# ``logprobs`` (JSON, OpenAI's chat shape) only in the answers of a request that asked for them
 OUTPUTS = [("text_output", "TYPE_STRING"), ("finish_reason", "TYPE_STRING"), ("prompt_tokens", "TYPE_INT32"),
-           ("completion_tokens", "TYPE_INT32")]  # fmt: skip
+           ("completion_tokens", "TYPE_INT32"), ("logprobs", "TYPE_STRING")]  # fmt: skip
 
 
 def is_language_model(manifest: Manifest) -> bool:

@@ -29,6 +29,15 @@ def read_inference_key(workdir: Path) -> str:
     return json.loads((workdir / "key_file.json").read_text())["inference"]["key"]
 
 
+def write_private(path: Path, record: dict) -> None:
+    """``record`` as JSON in a new file readable by its owner only (a key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(record, file)
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -56,11 +65,7 @@ class TritonAccess:
         return self.admin_headers(grpc) if self.protect_inference else {}
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
-        with os.fdopen(descriptor, "w") as file:
-            json.dump({"header": KEY_HEADER, "key": self.key, "protect_inference": self.protect_inference}, file)
+        write_private(path, {"header": KEY_HEADER, "key": self.key, "protect_inference": self.protect_inference})
 
     @classmethod
     def read(cls, path: Path) -> TritonAccess | None:

@@ -3,12 +3,15 @@
     maas serve start [torchserve|triton|both] [--repository model_repository] [--http-port 8000] ...
     maas serve stop [torchserve|triton|both]
     maas serve status [torchserve|triton|both] [--json]   deep health: a real inference per model (health.py)
+    maas serve key torchserve|openai     print an inference key (for OPENAI_API_KEY, curl's bearer token)
     (the same as .venv/bin/python -m scripts.serving.servers start|stop ...)
 
 ``start torchserve`` runs ``torchserve --start --ncs --model-store model_store --ts-config config.properties``;
 ``stop torchserve`` runs ``torchserve --stop``. ``start triton`` runs tritonserver under its supervisor
 (``triton_server.py``: self-healing, rotating log, admin APIs behind a key in run/triton_key.json); add
-``--protect-inference`` to put inference behind that key too. The default is both servers.
+``--protect-inference`` to put inference behind that key too. With Triton starts its OpenAI-compatible frontend
+(``openai_frontend.py``, ``http://127.0.0.1:9000/v1``, its own key in run/openai_key.json). The default is both
+servers.
 
 The command-line ones serve ``model_store/`` and ``model_repository/`` on the default ports from the repository
 root (TorchServe writes key_file.json and logs/ there). Tests call ``start_torchserve`` / ``start_triton`` to run
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from scripts import REPO_ROOT, TRITON_REPOSITORY
 from scripts.serving.keys import TRITON_KEY_FILE, bearer, read_inference_key
+from scripts.serving.openai_process import OPENAI_KEY_FILE, OPENAI_PID_FILE, read_openai_key, start_openai_frontend
 from scripts.serving.processes import RUN_DIR, TRITON_PID_FILE, alive, free_ports, stop_process, wait_ready
 from scripts.serving.triton_server import TritonPorts, start_triton
 
@@ -127,7 +131,7 @@ def start_torchserve_cli() -> None:
           f"gRPC 127.0.0.1:7070, inference key in {REPO_ROOT / 'key_file.json'}, logs in {LOG_DIR}")  # fmt: skip
 
 
-def start_triton_cli(repository: Path, ports: TritonPorts, protect_inference: bool) -> None:
+def start_triton_cli(repository: Path, ports: TritonPorts, protect_inference: bool, openai_port: int) -> None:
     if TRITON_PID_FILE.exists() and alive(int(TRITON_PID_FILE.read_text())):
         sys.exit(f"tritonserver already runs (pid {TRITON_PID_FILE.read_text().strip()}); stop it first")
     started = time.perf_counter()
@@ -138,9 +142,20 @@ def start_triton_cli(repository: Path, ports: TritonPorts, protect_inference: bo
     print(f"tritonserver ready in {time.perf_counter() - started:.1f}s (supervisor pid {triton.process.pid}); "
           f"HTTP 127.0.0.1:{ports.http}, gRPC 127.0.0.1:{ports.grpc}, log {LOG_DIR / 'triton.log'}, "
           f"access key in {TRITON_KEY_FILE}")  # fmt: skip
+    started = time.perf_counter()
+    frontend = start_openai_frontend(repository.resolve(), f"127.0.0.1:{ports.grpc}", openai_port, OPENAI_KEY_FILE,
+                                     LOG_DIR / "openai.log", TRITON_KEY_FILE)  # fmt: skip
+    OPENAI_PID_FILE.write_text(str(frontend.process.pid))
+    print(f"OpenAI-compatible API ready in {time.perf_counter() - started:.1f}s: {frontend.base_url}, "
+          f"key in {OPENAI_KEY_FILE} (maas serve key openai), log {LOG_DIR / 'openai.log'}")  # fmt: skip
 
 
 def stop_triton_cli() -> None:
+    if OPENAI_PID_FILE.exists():
+        stop_process(int(OPENAI_PID_FILE.read_text()))
+        OPENAI_PID_FILE.unlink()
+        OPENAI_KEY_FILE.unlink(missing_ok=True)
+        print("OpenAI frontend stopped")
     if not TRITON_PID_FILE.exists():
         print("tritonserver: not started by this script (no run/triton.pid)")
         return
@@ -150,20 +165,36 @@ def stop_triton_cli() -> None:
     print("tritonserver stopped")
 
 
+def print_key(server: str) -> int:
+    """The inference key a client sends as its bearer token (``export OPENAI_API_KEY=$(maas serve key openai)``)."""
+    if server == "both":
+        sys.exit("say which key: maas serve key torchserve|openai")
+    try:
+        print(read_openai_key() if server == "openai" else read_inference_key(REPO_ROOT))
+    except FileNotFoundError:
+        sys.exit(f"no {server} key: is it running? (maas serve start)")
+    return 0
+
+
 def torchserve_command() -> list[str]:
     return [str(Path(sys.executable).parent / "torchserve")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("server", nargs="?", default="both", choices=["torchserve", "triton", "both"])
+    parser.add_argument("action", choices=["start", "stop", "status", "key"])
+    parser.add_argument("server", nargs="?", default="both", choices=["torchserve", "triton", "openai", "both"])
     parser.add_argument("--repository", type=Path, default=TRITON_REPOSITORY, help="Triton model repository")
     parser.add_argument("--http-port", type=int, default=8000, help="Triton HTTP port")
     parser.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC port")
     parser.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics port")
     parser.add_argument("--protect-inference", action="store_true", help="Triton inference needs the key too")
+    parser.add_argument("--openai-port", type=int, default=9000, help="the OpenAI frontend's port (with Triton)")
     args, rest = parser.parse_known_args(argv)
+    if args.action == "key":
+        return print_key(args.server)
+    if args.server == "openai":
+        parser.error("the OpenAI frontend starts and stops with triton")
     if args.action == "status":
         from scripts.serving.health import main as status  # here for its cost: httpx, tritonclient, numpy (~0.3 s)
 
@@ -176,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             start_torchserve_cli()
         elif args.action == "start":
             ports = TritonPorts(args.http_port, args.grpc_port, args.metrics_port)
-            start_triton_cli(args.repository, ports, args.protect_inference)
+            start_triton_cli(args.repository, ports, args.protect_inference, args.openai_port)
         elif server == "torchserve":
             subprocess.run([*torchserve_command(), "--stop"], cwd=REPO_ROOT, check=False)
         else:
