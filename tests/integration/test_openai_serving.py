@@ -41,10 +41,9 @@ def frontend(built_models, triton, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bases(torchserve, frontend) -> dict:
     """server -> (base URL of model ``lm_<kind>``'s API, given the kind; its key)."""
-    return {
-        "torchserve": (lambda kind: f"{torchserve.inference_url}/predictions/lm_{kind}/1.0/v1", torchserve.inference_key),
-        "triton": (lambda kind: frontend.base_url, frontend.key),
-    }
+    on_torchserve = lambda kind: f"{torchserve.inference_url}/predictions/lm_{kind}/1.0/v1"  # noqa: E731
+    return {"torchserve": (on_torchserve, torchserve.inference_key), "triton": (lambda kind: frontend.base_url,
+                                                                              frontend.key)}  # fmt: skip
 
 
 def client(bases, server: str, kind: str, asynchronous: bool = False):
@@ -168,8 +167,14 @@ def test_a_client_leaving_the_frontend_cancels_its_triton_request(frontend, trit
     scrape = lambda: httpx.get(f"http://127.0.0.1:{triton.metrics}/metrics", timeout=10).text  # noqa: E731
     reason = {"model": "lm_gpt2", "finished_reason": "cancelled"}
     before = metric(scrape(), "maas_request_finished_total", **reason)
-    body = {"model": "lm_gpt2", "prompt": "the model", "max_tokens": 200, "temperature": 0, "stream": True,
-            "ignore_eos": True}
+    body = {
+        "model": "lm_gpt2",
+        "prompt": "the model",
+        "max_tokens": 200,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
     headers = {"Authorization": f"Bearer {frontend.key}"}
     with httpx.stream("POST", f"{frontend.base_url}/completions", json=body, headers=headers, timeout=60) as response:
         assert response.status_code == 200

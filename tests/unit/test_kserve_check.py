@@ -27,7 +27,8 @@ WRITE = """
 import json, sys
 from pathlib import Path
 from scripts.deploy.kserve import write_manifests
-from scripts.deploy.kserve_manifests import ManifestError, Runtimes, Scaling
+from scripts.deploy.kserve_manifests import ManifestError, Scaling
+from scripts.deploy.kserve_runtimes import Runtimes
 out = Path(sys.argv[1])
 write_manifests(out / "standard", ["digits", "sentiment"], "s3://my-bucket/maas", Scaling(), Runtimes())
 write_manifests(out / "knative-cpu", ["digits"], "s3://my-bucket/maas/", Scaling(mode="Knative", metric="cpu"),

@@ -49,7 +49,8 @@ def test_a_completion_request_becomes_one_choice_per_prompt_and_n(cards):
 
 
 def test_chat_messages_go_through_the_template_with_one_bos(cards):
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    parts = [{"type": "text", "text": "hi"}]
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": parts}]
     for kind, card in cards.items():
         prompt = parse("chat/completions", {"model": "m", "messages": messages}, card).choices[0].prompt
         assert prompt.endswith("<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\n")
@@ -78,8 +79,12 @@ def test_chat_messages_go_through_the_template_with_one_bos(cards):
         ("completions", {"prompt": "a", "best_of": 3}, "best_of", 400),
         ("chat/completions", {"messages": []}, "messages", 400),
         ("chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, "messages[0]", 400),
-        ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-         "messages[0].content", 400),  # fmt: skip
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content",
+            400,
+        ),  # fmt: skip
         ("chat/completions", {"messages": USER, "tools": [{"type": "function"}]}, "tools", 400),
         ("chat/completions", {"messages": USER, "response_format": {"type": "json_object"}}, "response_format", 400),
         ("chat/completions", {"messages": USER, "top_logprobs": 2}, "top_logprobs", 400),
