@@ -27,8 +27,9 @@ Both servers keep running. Query them (README.md has more):
   curl -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
        -d '{"text": "What a delight!"}' http://127.0.0.1:8080/predictions/sentiment
   curl http://127.0.0.1:8000/v2/models/sentiment        # Triton model metadata (V2 protocol)
-  curl -N http://127.0.0.1:8000/v2/models/demo-lm/generate_stream \
-       -d '{"text_input": "The model", "stream": true, "parameters": {"max_tokens": 32}}'
+  curl -N http://127.0.0.1:9000/v1/chat/completions -H "Authorization: Bearer $(.venv/bin/maas serve key openai)" \
+       -H "Content-Type: application/json" -d '{"model": "demo-lm", "stream": true,
+       "messages": [{"role": "user", "content": "What does json.dumps do?"}]}'     # the OpenAI API, over Triton
 Stop them:
   .venv/bin/maas serve stop
 TXT

@@ -3,15 +3,16 @@
     maas deploy kserve artifacts/digits artifacts/sentiment --storage-uri s3://my-bucket/maas [--out deploy/kserve]
         [--min-replicas 1 --max-replicas 4 --scale-metric cpu --scale-target 70 --mode Standard|Knative]
         [--cpu 2 --memory 4Gi --shm-size 1Gi --run-as-user 1000] [--torchserve-image IMAGE] [--triton-image IMAGE]
-        [--image-root /opt/maas]
+        [--image-root /opt/maas] [--openai-cpu 1 --openai-memory 1Gi]
     maas deploy check deploy/kserve     # KServe's CRD schemas and rules, and the layouts (after an edit)
 
 Writes ``<out>/torchserve/<model>/`` and ``<out>/triton/<model>/`` (``scripts/deploy/kserve_layout.py``) and
 ``<out>/manifests/``: one InferenceService per model and server (storageUri ``<storage-uri>/<server>/<model>/``)
-and the two ServingRuntimes they name. Copy ``<out>/torchserve`` and ``<out>/triton`` to the storage URI, then
-``kubectl apply -f <out>/manifests``. Every file is checked before the command returns: each manifest against
-KServe's own CRD schema, strictly (``kserve_schema.py``), and its admission rules (``kserve_rules.py``), then each
-layout against the manifest that serves it.
+and the ServingRuntimes they name (for a language model on Triton, ``maas-triton-openai``: the OpenAI API). Copy
+``<out>/torchserve`` and ``<out>/triton`` to the storage URI, then ``kubectl apply -f <out>/manifests``. Every
+file is checked before the command returns: each manifest against KServe's own CRD schema, strictly
+(``kserve_schema.py``), and its admission rules (``kserve_rules.py``), then each layout against the manifest that
+serves it.
 """
 
 from __future__ import annotations
@@ -29,29 +30,25 @@ from handlers.formats import FORMATS
 from handlers.settings import SERVERS
 from scripts import REPO_ROOT
 from scripts.deploy.kserve_check import check, check_manifests
-from scripts.deploy.kserve_layout import LayoutError, finish_torchserve_layout
-from scripts.deploy.kserve_manifests import (
-    MODES,
-    ManifestError,
-    Runtimes,
-    Scaling,
-    inference_service,
-    torchserve_runtime,
-    triton_runtime,
-    write_manifest,
-)
+from scripts.deploy.kserve_layout import LM_TASK, LayoutError, finish_torchserve_layout
+from scripts.deploy.kserve_manifests import MODES, ManifestError, Scaling, inference_service, write_manifest
+from scripts.deploy.kserve_runtimes import Runtimes, openai_runtime, torchserve_runtime, triton_runtime
 
 
-def write_manifests(folder: Path, models: list[str], storage_uri: str, scaling: Scaling,
-                    runtimes: Runtimes) -> list[Path]:  # fmt: skip
-    runtimes.check_fits(scaling)
+def write_manifests(folder: Path, models: list[str], storage_uri: str, scaling: Scaling, runtimes: Runtimes,
+                    language_models: frozenset[str] = frozenset()) -> list[Path]:  # fmt: skip
+    """``language_models``: those of ``models`` that generate text; the OpenAI runtime is written for them."""
+    runtimes.check_fits(scaling.memory)
     written = [
         write_manifest(torchserve_runtime(runtimes), folder / "servingruntime-torchserve.yaml"),
         write_manifest(triton_runtime(runtimes), folder / "servingruntime-triton.yaml"),
     ]
+    if language_models:
+        written.append(write_manifest(openai_runtime(runtimes), folder / "servingruntime-triton-openai.yaml"))
     for model in models:
         for server in SERVERS:
-            service = inference_service(model, server, storage_uri, scaling, runtimes.image_root)
+            service = inference_service(model, server, storage_uri, scaling, runtimes.image_root,
+                                        language_model=model in language_models)  # fmt: skip
             written.append(write_manifest(service, folder / f"{model}-{server}.yaml"))
     return written
 
@@ -59,8 +56,14 @@ def write_manifests(folder: Path, models: list[str], storage_uri: str, scaling: 
 def deploy(artifacts: list[Path], out: Path, storage_uri: str, scaling: Scaling, runtimes: Runtimes,
            fmt: str | None = None) -> list[Path]:  # fmt: skip
     """Write the layouts and manifests for ``artifacts``; return the manifest files."""
-    models = [read_manifest(artifact).name for artifact in artifacts]
-    written = write_manifests(out / "manifests", models, storage_uri, scaling, runtimes)
+    manifests = [read_manifest(artifact) for artifact in artifacts]
+    models = [manifest.name for manifest in manifests]
+    language_models = frozenset(m.name for m in manifests if m.task == LM_TASK)
+    if fmt and language_models:  # maas build would refuse it, after the manifests are written
+        lm = next(a for a, m in zip(artifacts, manifests, strict=True) if m.name in language_models)
+        raise ManifestError(f"{lm} is a language model, served from its Hugging Face checkpoint: --format {fmt} does "
+                            "not apply to it (deploy it without --format, to the same --out if you like)")  # fmt: skip
+    written = write_manifests(out / "manifests", models, storage_uri, scaling, runtimes, language_models)
     check_manifests(out / "manifests")  # KServe's rules first: building the layouts takes minutes
     for artifact, model in zip(artifacts, models, strict=True):
         torchserve_layout, triton_layout = out / "torchserve" / model, out / "triton" / model
@@ -72,7 +75,7 @@ def deploy(artifacts: list[Path], out: Path, storage_uri: str, scaling: Scaling,
                    "--triton-repository", str(triton_layout), *(["--format", fmt] if fmt else [])]  # fmt: skip
         if subprocess.run(command, cwd=REPO_ROOT).returncode:  # maas build printed its one-line error
             raise LayoutError(f"{artifact}: maas build failed (the line above says why)")
-        finish_torchserve_layout(torchserve_layout, model)
+        finish_torchserve_layout(torchserve_layout, model, routed=model in language_models)
     check(out)
     return written
 
@@ -104,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     writer.add_argument("--triton-image", default=pods.triton_image)
     writer.add_argument("--image-root", type=Path, default=pods.image_root,
                         help="where the Triton image holds this project, set up by scripts/setup.sh")  # fmt: skip
+    writer.add_argument("--openai-cpu", default=pods.openai_cpu,
+                        help="CPU request and limit of the OpenAI frontend beside an LM on Triton")  # fmt: skip
+    writer.add_argument("--openai-memory", default=pods.openai_memory,
+                        help="memory request and limit of the OpenAI frontend")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.command == "check":
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         scaling = Scaling(args.min_replicas, args.max_replicas, args.scale_metric, args.scale_target, args.mode,
                           args.cpu, args.memory)  # fmt: skip
-        runtimes = Runtimes(args.torchserve_image, args.triton_image, args.image_root, args.run_as_user, args.shm_size)
+        runtimes = Runtimes(args.torchserve_image, args.triton_image, args.image_root, args.run_as_user, args.shm_size,
+                            args.openai_cpu, args.openai_memory)  # fmt: skip
         written = deploy(args.artifacts, args.out, args.storage_uri, scaling, runtimes, args.format)
     except (LayoutError, ManifestError, FileNotFoundError, yaml.YAMLError, subprocess.CalledProcessError) as exc:
         print(f"maas deploy: error: {exc}", file=sys.stderr)

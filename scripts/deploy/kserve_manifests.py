@@ -1,4 +1,4 @@
-"""KServe manifests built with the kserve SDK's models, written as YAML.
+"""KServe InferenceServices built with the kserve SDK's models, written as YAML (the runtimes: ``kserve_runtimes.py``).
 
 Objects are the SDK's classes (``kserve`` 0.21.0, generated from KServe's API spec) and the Kubernetes client's
 for pod fields (probes, resources, env, volumes), serialised by the SDK's ``ApiClient``. What KServe makes of them is
@@ -17,13 +17,11 @@ import kubernetes.client as k8s
 import yaml
 from kserve import constants
 
-from scripts.deploy.kserve_layout import MOUNT, POD_PROBE_NAME, TORCHSERVE_METRICS_PORT
+from scripts.deploy.kserve_layout import MOUNT, POD_PROBE_NAME, TORCHSERVE_INFERENCE_PORT
 from scripts.deploy.kserve_rules import AUTOSCALER_KEY, HPA_METRICS, KNATIVE_CLASS_KEY, KNATIVE_HPA, MODE_KEY
+from scripts.deploy.kserve_runtimes import HTTP_PORT, LM_FORMAT, OPENAI_RUNTIME, TORCHSERVE_RUNTIME, TRITON_RUNTIME
 from scripts.deploy.kserve_schema import QUANTITY, ManifestError, quantity
 
-TORCHSERVE_RUNTIME, TRITON_RUNTIME = "maas-torchserve", "maas-tritonserver"
-TRITON_KEY_SECRET = "maas-triton-key"  # kubectl create secret generic maas-triton-key --from-literal=key=...
-HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8080, 9000, 8002  # KServe's runtime defaults
 MODES = {"Standard": HPA_METRICS, "Knative": ("concurrency", "rps", *HPA_METRICS)}
 
 
@@ -73,31 +71,6 @@ class Scaling:
         return annotations
 
 
-@dataclass(frozen=True)
-class Runtimes:
-    """The ServingRuntimes' images and pod settings. ``run_as_user``: the numeric user the containers run as
-    (``runAsNonRoot`` alone is refused by the kubelet for an image whose user is a name, as TorchServe's
-    ``model-server``; KServe's own runtimes use 1000). ``shm_size``: the memory-backed ``/dev/shm`` of the Triton
-    pod, through which the Python backend's stubs exchange every batch; it counts against the memory limit."""
-
-    torchserve_image: str = "maas-handlers/torchserve:latest"
-    triton_image: str = "maas-handlers/tritonserver:latest"
-    image_root: Path = Path("/opt/maas")
-    run_as_user: int = 1000
-    shm_size: str = "1Gi"
-
-    def __post_init__(self):
-        if not 1 <= self.run_as_user <= 2**31 - 1:
-            raise ManifestError(f"--run-as-user {self.run_as_user}: a non-root user id, 1..2147483647")
-        if not QUANTITY.match(str(self.shm_size)) or quantity(self.shm_size) <= 0:
-            raise ManifestError(f"--shm-size {self.shm_size!r}: expected a positive Kubernetes quantity (1Gi, 512Mi)")
-
-    def check_fits(self, scaling: Scaling) -> None:
-        if quantity(self.shm_size) >= quantity(scaling.memory):
-            raise ManifestError(f"--shm-size {self.shm_size} must be below --memory {scaling.memory}: /dev/shm's "
-                                "pages count against the pod's memory limit")  # fmt: skip
-
-
 def model_uri(storage_uri: str, server: str, model: str) -> str:
     """``<storage-uri>/<server>/<model>/``: the trailing '/' keeps a prefix listing (S3, Azure) from also
     downloading a sibling such as ``<model>_v2/`` into /mnt/models."""
@@ -109,9 +82,10 @@ def service_name(model: str, server: str) -> str:
     return f"{model}-{server}".replace("_", "-").lower()
 
 
-def inference_service(model: str, server: str, storage_uri: str, scaling: Scaling, image_root: Path):
-    """One model on one server (``torchserve`` or ``triton``) through our ServingRuntime, speaking v2, from
-    ``model_uri(storage_uri, server, model)``."""
+def inference_service(model: str, server: str, storage_uri: str, scaling: Scaling, image_root: Path,
+                      language_model: bool = False):  # fmt: skip
+    """One model on one server (``torchserve`` or ``triton``) through our ServingRuntime, from
+    ``model_uri(storage_uri, server, model)``. A language model is routed to where its API is (``lm_routing``)."""
     ready = k8s.V1HTTPGetAction(path=f"/v2/models/{model}/ready", port=HTTP_PORT)
     if server == "torchserve":
         runtime, model_format = TORCHSERVE_RUNTIME, kserve.V1beta1ModelFormat(name="pytorch")
@@ -120,20 +94,21 @@ def inference_service(model: str, server: str, storage_uri: str, scaling: Scalin
         runtime, model_format = TRITON_RUNTIME, kserve.V1beta1ModelFormat(name="triton", version="2")
         deep = [str(image_root / ".venv/bin/python"), "-m", "scripts.serving.health", "triton",
                 "--triton-http", f"127.0.0.1:{HTTP_PORT}", "--repository", str(MOUNT)]  # fmt: skip
-    spec = kserve.V1beta1ModelSpec(
-        model_format=model_format,
-        runtime=runtime,
-        protocol_version="v2",
-        storage_uri=model_uri(storage_uri, server, model),
-        resources=scaling.resources(),
+    fields = {
+        "runtime": runtime,
+        "model_format": model_format,
+        "protocol_version": "v2",
         # Loading a model may take minutes; until then neither of the others runs.
-        startup_probe=k8s.V1Probe(http_get=ready, period_seconds=5, failure_threshold=60),
-        readiness_probe=k8s.V1Probe(http_get=ready, period_seconds=5),
+        "startup_probe": k8s.V1Probe(http_get=ready, period_seconds=5, failure_threshold=60),
+        "readiness_probe": k8s.V1Probe(http_get=ready, period_seconds=5),
         # The deep check: a real inference per model (a dead worker or stub fails it while readiness says 200).
-        liveness_probe=k8s.V1Probe(
-            _exec=k8s.V1ExecAction(command=deep), period_seconds=15, timeout_seconds=10, failure_threshold=3
-        ),  # fmt: skip
-    )
+        "liveness_probe": k8s.V1Probe(_exec=k8s.V1ExecAction(command=deep), period_seconds=15, timeout_seconds=10,
+                                      failure_threshold=3),
+    }  # fmt: skip
+    if language_model:
+        fields.update(lm_routing(server, deep, scaling.mode))
+    spec = kserve.V1beta1ModelSpec(storage_uri=model_uri(storage_uri, server, model), resources=scaling.resources(),
+                                   **fields)  # fmt: skip
     predictor = kserve.V1beta1PredictorSpec(
         model=spec,
         min_replicas=scaling.min_replicas,
@@ -149,73 +124,29 @@ def inference_service(model: str, server: str, storage_uri: str, scaling: Scalin
     )
 
 
-def serving_runtime(name: str, model_format: kserve.V1alpha1SupportedModelFormat, container: k8s.V1Container,
-                    protocols: list[str], metrics_port: int, run_as_user: int, **spec):  # fmt: skip
-    """``spec``: more ServingRuntimeSpec fields (volumes)."""
-    container.security_context = k8s.V1SecurityContext(
-        run_as_non_root=True, run_as_user=run_as_user, allow_privilege_escalation=False,
-        capabilities=k8s.V1Capabilities(drop=["ALL"]),
-    )  # fmt: skip
-    return kserve.V1alpha1ServingRuntime(
-        api_version=f"{constants.KSERVE_GROUP}/{constants.KSERVE_V1ALPHA1_VERSION}",
-        kind="ServingRuntime",
-        metadata=k8s.V1ObjectMeta(name=name),
-        spec=kserve.V1alpha1ServingRuntimeSpec(
-            annotations={"prometheus.kserve.io/port": str(metrics_port), "prometheus.kserve.io/path": "/metrics"},
-            supported_model_formats=[model_format],
-            protocol_versions=protocols,
-            containers=[container],
-            **spec,
-        ),
-    )
+def lm_routing(server: str, deep: list[str], mode: str) -> dict:
+    """A language model's ModelSpec fields that differ from a classifier's.
 
-
-def torchserve_runtime(runtimes: Runtimes):
-    """KServe's TorchServe runtime's command, in an image that has this project's requirements installed."""
-    args = ["torchserve", "--start", f"--model-store={MOUNT / 'model-store'}",
-            f"--ts-config={MOUNT / 'config' / 'config.properties'}"]  # fmt: skip
-    # KServe's wrapper speaks v1 unless PROTOCOL_VERSION says otherwise. KServe sets it only for runtimes it knows
-    # as TorchServe (by name before 0.17, by annotation since) and is removing that (kserve #5638): we set it.
-    protocol = k8s.V1EnvVar(name="PROTOCOL_VERSION", value="v2")
-    return serving_runtime(
-        TORCHSERVE_RUNTIME,
-        kserve.V1alpha1SupportedModelFormat(name="pytorch", version="1", auto_select=False),
-        k8s.V1Container(name="kserve-container", image=runtimes.torchserve_image, args=args, env=[protocol]),
-        ["v2"],
-        TORCHSERVE_METRICS_PORT,
-        runtimes.run_as_user,
-    )
-
-
-def triton_runtime(runtimes: Runtimes):
-    """tritonserver under this project's supervisor (self-healing stubs), from an image holding this project at
-    ``image_root`` set up by scripts/setup.sh; the admin APIs' key comes from a Secret. ``python -m`` with the
-    working directory ``image_root`` finds the supervisor's code (no PYTHONPATH: KServe >= 0.18 refuses it)."""
-    root = runtimes.image_root
-    args = [f"--repository={MOUNT}", f"--http-port={HTTP_PORT}", f"--grpc-port={TRITON_GRPC_PORT}",
-            f"--metrics-port={TRITON_METRICS_PORT}", "--address=0.0.0.0", "--key-env=MAAS_TRITON_KEY"]  # fmt: skip
-    key = k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=TRITON_KEY_SECRET, key="key"))
-    container = k8s.V1Container(
-        name="kserve-container",
-        image=runtimes.triton_image,
-        command=[str(root / ".venv/bin/python"), "-m", "scripts.serving.triton_supervisor"],
-        args=args,
-        working_dir=str(root),
-        env=[k8s.V1EnvVar(name="MAAS_TRITON_KEY", value_from=key)],
-        # The Python backend's stubs exchange every batch with tritonserver through /dev/shm: a container's
-        # default is often 64 MiB, so the pod gets a memory-backed one of --shm-size.
-        volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
-    )
-    shm = k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=runtimes.shm_size)
-    return serving_runtime(
-        TRITON_RUNTIME,
-        kserve.V1alpha1SupportedModelFormat(name="triton", version="2", auto_select=False),
-        container,
-        ["v2", "grpc-v2"],
-        TRITON_METRICS_PORT,
-        runtimes.run_as_user,
-        volumes=[k8s.V1Volume(name="dshm", empty_dir=shm)],
-    )
+    TorchServe: KServe's wrapper (port 8080) has routes for v1 and v2 only, and the generation handler answers at
+    ``/predictions/<model>`` and ``/predictions/<model>/1.0/v1/...``: the model declares TorchServe's inference port,
+    which KServe then routes to (the layout binds it to 0.0.0.0). Knative sends an HTTP readiness probe to the routed
+    port whatever its own port, where TorchServe has no per-model readiness path, so startup and readiness are the
+    deep probe too (one greedy token). Triton: the OpenAI runtime, speaking neither v1 nor v2. There tritonserver is
+    a container without a port, on which Knative refuses probes (its multi-container-probing is off by default): in
+    Knative mode it carries none, and the frontend's ``/health/ready`` (Triton and its models ready) stands for it.
+    """
+    if server == "torchserve":
+        deep_exec = k8s.V1ExecAction(command=deep)
+        return {
+            "ports": [k8s.V1ContainerPort(container_port=TORCHSERVE_INFERENCE_PORT, protocol="TCP")],
+            "startup_probe": k8s.V1Probe(_exec=deep_exec, period_seconds=5, timeout_seconds=10, failure_threshold=60),
+            "readiness_probe": k8s.V1Probe(_exec=deep_exec, period_seconds=10, timeout_seconds=10),
+        }
+    fields = {"runtime": OPENAI_RUNTIME, "protocol_version": None,
+              "model_format": kserve.V1beta1ModelFormat(name=LM_FORMAT.name, version=LM_FORMAT.version)}  # fmt: skip
+    if mode == "Knative":
+        fields.update(startup_probe=None, readiness_probe=None, liveness_probe=None)
+    return fields
 
 
 # ---- YAML out ----------------------------------------------------------------------------------------------

@@ -9,17 +9,23 @@ Run on documents that passed ``kserve_schema.schema_errors``. KServe's, from kse
   (``component.go``);
 * the ServingRuntime webhook (``webhook/admission/servingruntime/servingruntime_webhook.go``): ``PYTHONPATH``;
 * the controller when it picks the runtime (``controller/v1beta1/inferenceservice/components/predictor.go``,
-  ``utils/utils.go``): the storageUri's scheme, the runtime exists, is enabled, speaks the protocol and the format.
+  ``utils/utils.go``): the storageUri's scheme, the runtime exists, is enabled, speaks the protocol and the format,
+  has a ``kserve-container``;
+* Knative's revision webhook (knative/serving ``pkg/apis/serving/k8s_validation.go``), in Knative mode: one port
+  at most across the pod's containers, exactly one when there are several, and no probes on a container without
+  one then (``multi-container-probing`` is off by default).
 
 This project's (``MAAS:`` in the messages' reasons), each a way a cluster fails where the API server says nothing:
 a storageUri listed by prefix ends in '/'; ``runAsNonRoot`` comes with a numeric ``runAsUser``; a Triton runtime
-mounts a memory ``/dev/shm`` smaller than the pod's memory limit; a TorchServe runtime sets ``PROTOCOL_VERSION``.
+mounts a memory ``/dev/shm`` smaller than the pod's memory limit; a TorchServe runtime sets ``PROTOCOL_VERSION``;
+only the containers KServe mounts the model into read ``/mnt/models``.
 """
 
 from __future__ import annotations
 
 import re
 
+from scripts.deploy.kserve_layout import MOUNT
 from scripts.deploy.kserve_schema import quantity
 
 ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # IsvcNameFmt
@@ -36,6 +42,10 @@ STORAGE_SCHEMES = ("gs://", "s3://", "pvc://", "file://", "https://", "http://",
 # Object stores KServe's storage initializer lists by prefix: without the '/', <uri>_v2/... is downloaded too.
 LISTED_BY_PREFIX = re.compile(r"^(s3://|gs://|https://[^/]+\.blob\.core\.windows\.net/)")
 BLOCKED_ENV = ("PYTHONPATH",)  # pkg/validation/env_policy.go, KServe >= 0.18
+MODEL_CONTAINER = "kserve-container"  # constants.InferenceServiceContainerName
+# webhook/admission/pod/storage_initializer_injector.go: the containers the model's volume is mounted into
+MOUNTED = (MODEL_CONTAINER, "transformer-container")
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
 def inference_service_errors(doc: dict, runtimes: dict[str, dict]) -> list[str]:
@@ -66,7 +76,7 @@ def inference_service_errors(doc: dict, runtimes: dict[str, dict]) -> list[str]:
     for key in implementations:
         errors += storage_errors(predictor[key], f"spec.predictor.{key}", predictor)
     if predictor.get("model"):
-        errors += runtime_choice_errors(predictor["model"], runtimes)
+        errors += runtime_choice_errors(predictor["model"], runtimes, MODES.get(mode, mode))
     return errors
 
 
@@ -156,9 +166,9 @@ def storage_errors(implementation: dict, path: str, predictor: dict) -> list[str
     return errors
 
 
-def runtime_choice_errors(model: dict, runtimes: dict[str, dict]) -> list[str]:
+def runtime_choice_errors(model: dict, runtimes: dict[str, dict], mode: str | None = None) -> list[str]:
     """The controller's checks once it has the runtime the model names (predictor.go: disabled, protocol, format),
-    and the pod's memory limit above the runtime's /dev/shm (MAAS: tmpfs pages count against it)."""
+    the pod's memory limit above the runtime's /dev/shm (MAAS: tmpfs pages count against it), and Knative's."""
     name, path = model.get("runtime"), "spec.predictor.model.runtime"
     if name is None:
         return []  # KServe picks one with autoSelect: none of this project's
@@ -187,6 +197,30 @@ def runtime_choice_errors(model: dict, runtimes: dict[str, dict]) -> list[str]:
     if shm is not None and memory is not None and quantity(memory) <= quantity(shm):
         errors.append(f"spec.predictor.model.resources.limits.memory: {memory} must be above the /dev/shm sizeLimit "
                       f"{shm} of ServingRuntime {name!r} (MAAS: its pages count against the memory limit)")  # fmt: skip
+    if mode == "Knative":
+        errors += knative_pod_errors(model, runtime, name)
+    return errors
+
+
+def knative_pod_errors(model: dict, runtime: dict, name: str) -> list[str]:
+    """Knative's checks of the pod KServe makes: the runtime's containers, the model merged into kserve-container
+    (its ports join the runtime's, its probes replace them). One port at most (the one Knative routes to); with
+    several containers exactly one, and probes only on the container that has it."""
+    containers = runtime.get("containers") or []
+    errors, routed = [], 0
+    for i, container in enumerate(containers):
+        merged = container.get("name") == MODEL_CONTAINER
+        where = f"{'spec.predictor.model, merged into ' if merged else ''}ServingRuntime {name!r}'s containers[{i}]"
+        ports = {p.get("containerPort") for p in [*(container.get("ports") or []),
+                                                  *((model.get("ports") or []) if merged else [])]}  # fmt: skip
+        probes = [key for key in PROBES if (merged and model.get(key)) or container.get(key)]
+        routed += len(ports)
+        if probes and not ports and len(containers) > 1:
+            errors.append(f"{where}: {', '.join(probes)} on a container without a port: Knative refuses it unless "
+                          "its multi-container-probing feature is enabled")  # fmt: skip
+    if routed > 1 or (routed == 0 and len(containers) > 1):
+        errors.append(f"spec.predictor.model: {routed} container ports in ServingRuntime {name!r}'s pod of "
+                      f"{len(containers)} container(s): Knative routes to exactly one")  # fmt: skip
     return errors
 
 
@@ -208,9 +242,10 @@ def shm_volume(runtime_spec: dict) -> dict:
 
 
 def serving_runtime_errors(doc: dict) -> list[str]:
-    """KServe's ServingRuntime webhook (PYTHONPATH), and MAAS: a Triton runtime mounts a memory emptyDir at /dev/shm
-    (the Python backend's stubs exchange every batch through it; the container default is often 64 MiB); a runtime
-    running TorchServe sets the wrapper's PROTOCOL_VERSION (KServe's TorchServe defaulting is going: kserve #5638)."""
+    """KServe's ServingRuntime webhook (PYTHONPATH), its controller (a kserve-container), and MAAS: a Triton runtime
+    mounts a memory emptyDir at /dev/shm (the Python backend's stubs exchange every batch through it; the container
+    default is often 64 MiB); a runtime running TorchServe sets the wrapper's PROTOCOL_VERSION (KServe's TorchServe
+    defaulting is going: kserve #5638); a container reading /mnt/models is one KServe mounts the model into."""
     spec = doc["spec"]
     containers = spec.get("containers") or []
     worker = containers_in(spec.get("workerSpec") or {}, "spec.workerSpec")
@@ -221,6 +256,15 @@ def serving_runtime_errors(doc: dict) -> list[str]:
     if triton and shm_volume(spec).get("medium") != "Memory":
         errors.append("spec.volumes: a Triton runtime needs an emptyDir with medium Memory mounted at /dev/shm "
                       "(MAAS: the Python backend's stubs pass every batch through it)")  # fmt: skip
+    names = [c.get("name") for c in containers]
+    if MODEL_CONTAINER not in names:
+        errors.append(f"spec.containers: none is named {MODEL_CONTAINER}, which KServe merges the InferenceService's"
+                      " model into (its controller: 'failed to find kserve-container')")  # fmt: skip
+    for i, container in enumerate(containers):
+        words = [str(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
+        if container.get("name") not in MOUNTED and any(str(MOUNT) in word for word in words):
+            errors.append(f"spec.containers[{i}]: reads {MOUNT}, which KServe mounts into {' and '.join(MOUNTED)} "
+                          "only (MAAS: name it transformer-container to have the model there)")  # fmt: skip
     if "torchserve" in commands and env_value(containers, "PROTOCOL_VERSION") is None:
         errors.append("spec.containers: a TorchServe runtime sets PROTOCOL_VERSION (MAAS: KServe's wrapper defaults "
                       "to v1, and KServe's TorchServe defaulting is being removed, kserve #5638)")  # fmt: skip

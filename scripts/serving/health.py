@@ -2,6 +2,8 @@
 
     maas serve status [torchserve|triton|both] [--json]      exit 0 when every model answered, 1 otherwise
 
+With Triton, the OpenAI frontend started beside it is probed too: each language model it lists, one token.
+
 Each model's probe (``scripts/serving/probe.py``: a held-out row written into the archive and the Triton model at
 build time) is sent to the model, without retries and with a short timeout; the model is healthy only when it
 answers. This sees what the servers' own readiness does not: a killed Triton Python stub leaves
@@ -25,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY
 from scripts.serving.client import infer_inputs
 from scripts.serving.keys import read_inference_key, read_triton_key
+from scripts.serving.openai_process import OPENAI_KEY_FILE, read_openai_key
 from scripts.serving.pod_probe import torchserve_body
 from scripts.serving.probe import GENERATE, torchserve_probes, triton_inputs, triton_probes
 
@@ -91,6 +94,29 @@ def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[
     return results
 
 
+def openai_health(base_url: str, key: str) -> list[ModelHealth]:
+    """Each language model the OpenAI frontend over Triton lists, asked for one token through it."""
+    headers = {"Authorization": f"Bearer {key}"}
+    start = time.perf_counter()
+    try:
+        listed = httpx.get(f"{base_url}/models", headers=headers, timeout=PROBE_TIMEOUT)
+        listed.raise_for_status()
+        models = [m["id"] for m in listed.json()["data"]]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        return [ModelHealth("openai", "(frontend)", False, _ms(start), f"{type(exc).__name__}: {exc}")]
+    results = []
+    for model in models:
+        start = time.perf_counter()
+        body = {"model": model, "prompt": "The", "max_tokens": 1, "temperature": 0}
+        try:
+            answer = httpx.post(f"{base_url}/completions", json=body, headers=headers, timeout=PROBE_TIMEOUT)
+            ok, detail = answer.status_code == 200, f"HTTP {answer.status_code}"
+        except httpx.HTTPError as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        results.append(ModelHealth("openai", model, ok, _ms(start), detail if not ok else "answered"))
+    return results
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1e3, 1)
 
@@ -100,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("server", nargs="?", default="both", choices=["torchserve", "triton", "both"])
     parser.add_argument("--torchserve", default="http://127.0.0.1:8080", help="TorchServe inference URL")
     parser.add_argument("--triton-http", default="127.0.0.1:8000", help="Triton HTTP host:port")
+    parser.add_argument("--openai", default="http://127.0.0.1:9000/v1", help="the OpenAI frontend's base URL")
     parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--repository", type=Path, default=TRITON_REPOSITORY)
     parser.add_argument("--json", action="store_true", help="one JSON object per model")
@@ -113,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         results += torchserve_health(args.torchserve, key, args.model_store)
     if args.server in ("triton", "both"):
         results += triton_health(args.triton_http, args.repository, read_triton_key().inference_headers())
+        if OPENAI_KEY_FILE.exists():  # the frontend runs beside a tritonserver started here
+            results += openai_health(args.openai, read_openai_key())
     if not results:  # nothing built: say so, not exit 1 in silence
         stores = {"torchserve": [args.model_store], "triton": [args.repository]}
         where = " or ".join(map(str, stores.get(args.server, [args.model_store, args.repository])))

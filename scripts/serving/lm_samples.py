@@ -1,7 +1,9 @@
-"""The Quick start's language-model sample: one completion streamed from each server, printed token by token.
+"""The Quick start's language-model samples, streamed from each server and printed token by token.
 
-TorchServe streams NDJSON lines over chunked HTTP; Triton Server-Sent Events from ``generate_stream`` and responses
-from gRPC ``ModelStreamInfer``. The same greedy request on each, so the three texts are the same.
+A completion in the servers' native contract: TorchServe streams NDJSON lines over chunked HTTP; Triton Server-Sent
+Events from ``generate_stream`` and responses from gRPC ``ModelStreamInfer``. Then a chat through the OpenAI API with
+the ``openai`` client: TorchServe's handler and the frontend over Triton. The same greedy request on each path, so
+the texts are the same.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from scripts.serving.keys import TritonAccess
 
 PROMPT = "The model"
+QUESTION = "What does json.dumps do?"  # the demo model was trained on chats about the standard library
 REQUEST = {"max_tokens": 40, "temperature": 0, "stop": "\n\n"}  # greedy, up to the first blank line
 
 
@@ -84,4 +87,27 @@ def print_streams(model: str, torchserve_url: str, torchserve_key: str, triton_h
         for delta in stream():
             print(delta.replace("\n", "\\n"), end="", flush=True)  # token by token, as they arrive
         print()
+    sys.stdout.flush()
+
+
+def openai_chat(base_url: str, key: str, model: str) -> Iterator[str]:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": QUESTION}]
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=60, temperature=0,
+                                                stream=True):  # fmt: skip
+        if chunk.choices and chunk.choices[0].delta.content:
+            yield chunk.choices[0].delta.content
+
+
+def print_chats(model: str, torchserve_base: str, torchserve_key: str, openai_base: str, openai_key: str) -> None:
+    print(f'\nsample: "{QUESTION}" asked {model} through the OpenAI API (the openai client), greedy, streamed\n')
+    for name, base, key in [("TorchServe /v1", torchserve_base, torchserve_key), ("Triton /v1", openai_base,
+                                                                                  openai_key)]:  # fmt: skip
+        print(f"{name:<16} -> ", end="", flush=True)
+        for delta in openai_chat(base, key, model):
+            print(delta.replace("\n", "\\n"), end="", flush=True)
+        print()
+    print(f"base URLs: {torchserve_base} (key: maas serve key torchserve), {openai_base} (maas serve key openai)")
     sys.stdout.flush()

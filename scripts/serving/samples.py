@@ -18,7 +18,8 @@ from PIL import Image
 from scripts import REPO_ROOT
 from scripts.serving.client import TorchServeClient, TritonClient
 from scripts.serving.keys import read_inference_key, read_triton_key
-from scripts.serving.lm_samples import print_streams
+from scripts.serving.lm_samples import print_chats, print_streams
+from scripts.serving.openai_process import read_openai_key
 from scripts.training.train_digits import PIXEL_MAX, digits_split
 
 SENTENCE = "A gorgeous, witty and deeply moving film; the best I have seen this year."
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torchserve", default="http://127.0.0.1:8080")
     parser.add_argument("--triton-http", default="127.0.0.1:8000")
     parser.add_argument("--triton-grpc", default="127.0.0.1:8001")
+    parser.add_argument("--openai", default="http://127.0.0.1:9000/v1", help="the OpenAI frontend over Triton")
     args = parser.parse_args(argv)
     if not (REPO_ROOT / "key_file.json").is_file():  # TorchServe writes it at start
         raise SystemExit(f"no {REPO_ROOT / 'key_file.json'}: TorchServe is not running from this checkout; start "
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     if (REPO_ROOT / "model_store" / f"{LANGUAGE_MODEL}.mar").is_file():
         print_streams(LANGUAGE_MODEL, args.torchserve, read_inference_key(REPO_ROOT), args.triton_http,
                       args.triton_grpc, access)  # fmt: skip
+        print_chats(LANGUAGE_MODEL, f"{args.torchserve}/predictions/{LANGUAGE_MODEL}/1.0/v1",
+                    read_inference_key(REPO_ROOT), args.openai, read_openai_key())  # fmt: skip
 
 
 def describe(result) -> str:

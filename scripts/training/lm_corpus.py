@@ -3,8 +3,10 @@
 No model or data hub is reachable here, but every Python installation carries a few MB of careful English prose
 about programming in its modules' docstrings. ``stdlib_documents`` gathers those of a fixed list of well-documented
 modules (the module, then its own classes, their methods and its functions, in name order), one document per
-docstring, whitespace normalised (prose paragraphs unwrapped to one line), exact duplicates dropped. The text
-depends on the Python version only, which the trained model records. ``--corpus FILE`` takes the user's own text
+docstring, whitespace normalised (prose paragraphs unwrapped to one line), exact duplicates dropped. Then one short
+chat per documented function, method or class, in the demo model's chat template ("What does json.dumps do?"
+answered with its docstring's first paragraph), so that the chat API gets an answer in kind. The text depends on
+the Python version only, which the trained model records. ``--corpus FILE`` takes the user's own text
 instead (``file_documents``), as it is written.
 """
 
@@ -33,6 +35,15 @@ STDLIB_MODULES = (
     "xml.dom.minidom", "xml.etree.ElementTree", "zipfile",
 )  # fmt: skip
 MIN_CHARS = 40  # shorter docstrings ("Return self==value.") are boilerplate, not prose
+MAX_ANSWER_CHARS = 400  # a chat's answer is a docstring's first paragraph, when it is a summary this short
+# The demo model's chat template (a plain <|role|> line before each message); ``chat_document`` writes the same text.
+CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")  # fmt: skip
+
+
+def chat_document(question: str, answer: str) -> str:
+    """A user's question and the assistant's answer as ``CHAT_TEMPLATE`` renders them."""
+    return f"<|user|>\n{question}\n<|assistant|>\n{answer}\n"
 
 
 def normalise(text: str) -> str:
@@ -52,25 +63,42 @@ def unwrap(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
-def _docstrings(module) -> list[str]:
-    """The module's docstring, then those of its own classes (with their methods) and functions, by name."""
-    found = [inspect.getdoc(module)]
-    for _, obj in sorted(vars(module).items()):
+def is_chat(document: str) -> bool:
+    return document.startswith("<|user|>\n")
+
+
+def _docstrings(module) -> list[tuple[str, str, str]]:
+    """``(kind, dotted name, docstring)`` of the module, then of its own classes (with their methods) and functions,
+    by name."""
+    prefix = module.__name__
+    found = [("module", prefix, inspect.getdoc(module))]
+    for name, obj in sorted(vars(module).items()):
         if getattr(obj, "__module__", None) != module.__name__:
             continue  # imported from elsewhere: documented there
         if inspect.isclass(obj):
-            found.append(inspect.getdoc(obj))
-            found += [inspect.getdoc(member) for _, member in sorted(vars(obj).items()) if callable(member)]
+            found.append(("class", f"{prefix}.{name}", inspect.getdoc(obj)))
+            found += [("function", f"{prefix}.{name}.{method}", inspect.getdoc(member))
+                      for method, member in sorted(vars(obj).items()) if callable(member)]  # fmt: skip
         elif inspect.isfunction(obj):
-            found.append(inspect.getdoc(obj))
-    return [doc for doc in found if doc]
+            found.append(("function", f"{prefix}.{name}", inspect.getdoc(obj)))
+    return [(kind, name, doc) for kind, name, doc in found if doc]
+
+
+def _chat(kind: str, name: str, doc: str) -> str | None:
+    """The chat about one documented object, or None when its first paragraph is no short prose summary."""
+    summary = doc.split("\n\n", 1)[0]
+    if kind == "module" or not MIN_CHARS <= len(summary) <= MAX_ANSWER_CHARS or ">>>" in summary:
+        return None
+    question = f"What is {name}?" if kind == "class" else f"What does {name} do?"
+    return chat_document(question, summary)
 
 
 def stdlib_documents(modules: tuple[str, ...] = STDLIB_MODULES) -> tuple[list[str], list[str]]:
-    """``(documents, modules read)``: one normalised docstring per document, in a fixed order, without duplicates.
+    """``(documents, modules read)``: one normalised docstring per document, in a fixed order, without duplicates,
+    then the chats (``_chat``).
 
     A module this Python lacks is skipped (the modules read are returned, for the manifest)."""
-    documents, seen, read = [], set(), []
+    documents, chats, seen, read = [], [], set(), []
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -80,15 +108,18 @@ def stdlib_documents(modules: tuple[str, ...] = STDLIB_MODULES) -> tuple[list[st
         with warnings.catch_warnings():  # reading a deprecated alias's docstring (typing.io) warns
             warnings.simplefilter("ignore", DeprecationWarning)
             docs = _docstrings(module)
-        for doc in (unwrap(normalise(doc)) for doc in docs):
+        for kind, dotted, raw in docs:
+            doc = unwrap(normalise(raw))
             if len(doc) >= MIN_CHARS and doc not in seen:
                 seen.add(doc)
                 documents.append(doc)
-    return documents, read
+                chats.append(_chat(kind, dotted, doc))
+    return documents + [chat for chat in chats if chat], read
 
 
 def stdlib_description(modules: list[str]) -> str:
-    return f"docstrings of {len(modules)} Python {sys.version_info.major}.{sys.version_info.minor} stdlib modules"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"docstrings of {len(modules)} Python {version} stdlib modules, and chats on their summaries"
 
 
 class CorpusError(ValueError):

@@ -10,10 +10,12 @@ programming), or on ``--corpus FILE`` (UTF-8 text; documents are its paragraphs,
 line). 5% of the documents are held out (seeded) to measure perplexity and to take the recorded prompts from.
 
 * Tokenizer: byte-level BPE (4,096 tokens) trained on the training documents; ``<|endoftext|>`` is bos, eos, pad
-  and unk, and separates the packed documents. A plain chat template (``<|role|>`` lines) lets the chat API use it.
-* Model: GPT-2, 4 layers, width 192, 4 heads, 256 positions (2.6 M parameters): ~500 steps (2.6 passes over the
-  default text) in two minutes on 2 busy cores, ~15 ms a token to decode. A demo: its held-out perplexity is ~270
-  (4,096-token vocabulary) and its greedy text is poor; a larger model would see less text in the same time.
+  and unk, and separates the packed documents. A plain chat template (``<|role|>`` lines) lets the chat API use it;
+  the default text holds chats in it, so the model answers in kind.
+* Model: GPT-2, 4 layers, width 192, 4 heads, 256 positions (2.6 M parameters): ~430-520 steps (about one pass over
+  the default text, its chats three times) in two minutes on 2 cores, ~15 ms a token to decode. A demo: its held-out
+  perplexity is ~165-200 (4,096-token vocabulary), its chat answers are in kind and poor ("What does json.dumps
+  do?" -> "Return a string of the given object."); a larger model would see less text in the same time.
 * Training: AdamW (warm-up over 10 steps, then cosine decay), 4 sequences of 256 tokens a step, bfloat16 autocast
   where the CPU has native bfloat16. The length is ``--steps``, or ``--epochs`` passes over the text, or what fits
   in ``--minutes`` (default 2) at the speed of the first 5 steps, whichever is smallest. Those 5 steps are warm-up,
@@ -46,12 +48,18 @@ from handlers.artifact import HELD_OUT_NAME, Manifest  # noqa: E402
 from scripts import at_least  # noqa: E402
 from scripts.training.common import seed_everything, warmup_cosine_schedule  # noqa: E402
 from scripts.training.lm_artifact import write_lm_artifact  # noqa: E402
-from scripts.training.lm_corpus import CorpusError, file_documents, stdlib_description, stdlib_documents  # noqa: E402
+from scripts.training.lm_corpus import (  # noqa: E402
+    CHAT_TEMPLATE,
+    CorpusError,
+    file_documents,
+    is_chat,
+    stdlib_description,
+    stdlib_documents,
+)
 
 EOS = "<|endoftext|>"
-CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")  # fmt: skip
 DEFAULT_MINUTES = 2.0
+CHAT_REPEATS = 3
 HELD_OUT_FRACTION = 0.05
 PROMPTS, PROMPT_WORDS = 8, 8
 MAX_EVAL_TOKENS = 65536  # held-out tokens scored at the end, at most (a large --corpus holds out more)
@@ -209,6 +217,8 @@ def train(out: Path, corpus: Path | None = None, seed: int = 0, epochs: int | No
         described = stdlib_description(modules)
     train_docs, held_docs = split(documents, seed)
     tokenizer = train_tokenizer(train_docs, size.vocab_size, size.context)
+    if not corpus:  # the chats, seen CHAT_REPEATS times an epoch: two minutes of docstrings alone teach no turn-taking
+        train_docs = train_docs + [d for d in train_docs if is_chat(d)] * (CHAT_REPEATS - 1)
     train_ids, held_ids = pack(tokenizer, train_docs), pack(tokenizer, held_docs)
     n_seq = len(train_ids) // size.context
     if n_seq < 1:

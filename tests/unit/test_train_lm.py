@@ -16,9 +16,16 @@ from scripts.cli import DEBUG_ENV
 from scripts.cli import main as maas
 from scripts.training.import_hf import detect_task
 from scripts.training.import_hf_lm import BUILTIN_PROMPTS
-from scripts.training.lm_corpus import STDLIB_MODULES, CorpusError, file_documents, stdlib_documents
+from scripts.training.lm_corpus import (
+    CHAT_TEMPLATE,
+    STDLIB_MODULES,
+    CorpusError,
+    chat_document,
+    file_documents,
+    stdlib_documents,
+)
 from scripts.training.train_lm import fixed_length, timed_length
-from tests.unit.lm_fixtures import tiny_lm
+from tests.unit.lm_fixtures import tiny_lm, tiny_tokenizer
 
 TEXT = (
     "the parser reads each line of the file and returns a list of values ; when the caller asks for more rows "
@@ -120,6 +127,21 @@ def test_the_bundled_text_is_stdlib_docstrings_in_a_fixed_order():
     assert len(documents) > 1000 and len(set(documents)) == len(documents)
     assert 300_000 < sum(map(len, documents)) < 3_000_000
     assert stdlib_documents()[0] == documents
+
+
+JSON_DUMPS = "Serialize ``obj`` to a JSON formatted ``str``."
+
+
+def test_the_bundled_chats_are_written_as_the_chat_template_renders_them():
+    documents, _ = stdlib_documents()
+    chats = [d for d in documents if d.startswith("<|user|>")]
+    assert len(chats) > 1000 and chat_document("What does json.dumps do?", JSON_DUMPS) in chats
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    messages = [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a."}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == chat_document("q?", "a.")
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert chat_document("q?", "a.").startswith(prompt)  # the chat API's prompt is how every chat starts
 
 
 def test_a_corpus_file_is_refused_by_name(tmp_path):
