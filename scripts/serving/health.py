@@ -76,15 +76,16 @@ def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[
         for model, probe in (probes if probes is not None else triton_probes(repository)).items():
             start = time.perf_counter()
             try:
+                # tritonclient adds its own (int-valued) headers to the dict it is given: each call gets a copy
                 if probe is None:
-                    ok = client.is_model_ready(model, headers=headers)
+                    ok = client.is_model_ready(model, headers=dict(headers or {}))
                     detail = f"no probe in the model directory: model {'ready' if ok else 'not ready'}"
                 elif GENERATE in probe:  # a language model (decoupled): /infer refuses it, generate answers
                     response = httpx.post(f"http://{url}/v2/models/{model}/generate", json=probe[GENERATE],
                                           headers=headers, timeout=timeout)  # fmt: skip
                     ok, detail = response.status_code == 200, f"generate: HTTP {response.status_code}"
                 else:
-                    client.infer(model, infer_inputs(triton_http, triton_inputs(probe)), headers=headers)
+                    client.infer(model, infer_inputs(triton_http, triton_inputs(probe)), headers=dict(headers or {}))
                     ok, detail = True, "answered"
             except (InferenceServerException, OSError, httpx.HTTPError) as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"

@@ -131,7 +131,10 @@ def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_fi
         while not stopping.wait(interval or 1.0) and server.poll() is None:
             serving = serving or ready(healer.url)  # models are loading until the server first says ready
             if serving and interval:
-                healer.check()
+                try:
+                    healer.check()
+                except Exception:  # a fault of the check itself must not take the server down with it
+                    log.exception("health check failed; trying again in %.0fs", interval)
     finally:
         if server.poll() is None:
             server.terminate()

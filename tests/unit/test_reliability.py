@@ -158,3 +158,29 @@ def test_ports_for_one_server_are_distinct_and_free():
     assert len(set(ports)) == 64
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports[0]))
+
+
+def test_each_triton_probe_gets_its_own_headers(monkeypatch):
+    """tritonclient adds int-valued headers to the dict it is given; a language model probed after a classifier
+    got them, and httpx refused them: the supervisor's check crashed and took tritonserver down."""
+    import scripts.serving.health as health
+
+    class Client:  # tritonclient.http's client, as far as the probe uses it
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def infer(self, model, inputs, headers):
+            headers["Inference-Header-Content-Length"] = 42  # what tritonclient does with binary inputs
+
+        def close(self):
+            pass
+
+    sent = []
+    monkeypatch.setattr(health.triton_http, "InferenceServerClient", Client)
+    monkeypatch.setattr(health, "triton_inputs", lambda probe: {})
+    monkeypatch.setattr(health, "infer_inputs", lambda module, inputs: [])
+    monkeypatch.setattr(health.httpx, "post", lambda url, json, headers, timeout: sent.append(dict(headers))
+                        or httpx.Response(200))  # fmt: skip
+    probes = {"a_classifier": {"inputs": {}}, "b_lm": {health.GENERATE: {"text_input": "x"}}}
+    results = health.triton_health("127.0.0.1:1", headers={"maas-triton-key": "k"}, probes=probes)
+    assert [r.ok for r in results] == [True, True] and sent == [{"maas-triton-key": "k"}]
