@@ -19,7 +19,7 @@ from tritonclient.grpc import InferInput
 from handlers.artifact import read_manifest
 from handlers.errors import InternalError, ServingError
 from handlers.generation.openai_api import Choice, ModelCard
-from scripts.packaging.generation_build import TEXT_GENERATION
+from handlers.generation.service import TASK as TEXT_GENERATION
 
 
 def language_models(repository: Path) -> dict[str, ModelCard]:
