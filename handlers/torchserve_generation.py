@@ -36,7 +36,7 @@ from handlers.generation.openai_api import SSE_DONE, ModelCard, OpenAIError, err
 from handlers.generation.openai_reply import Reply
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
 from handlers.log_limit import rate_limited
-from handlers.torchserve_handler import request_body
+from handlers.torchserve_handler import VERSION_HEADER, request_body, served_version
 
 log = rate_limited(__name__)
 STREAM_TYPE, ANSWER_TYPE, SSE_TYPE = "application/x-ndjson", "application/json", "text/event-stream"
@@ -106,7 +106,7 @@ class GenerationHandler:
         self.service: GenerationService | None = None
         self.card: ModelCard | None = None
         self.flights: dict[str, _Flight] = {}
-        self.metrics = GenerationMetrics()
+        self.metrics, self.version = GenerationMetrics(), "1"
 
     def initialize(self, context) -> None:
         properties = context.system_properties
@@ -115,6 +115,7 @@ class GenerationHandler:
         self.service = GenerationService(Path(properties["model_dir"]) / "artifact", device=device)
         engine = self.service.engine
         self.card = ModelCard(context.model_name, engine.tokenizer, engine.max_context, self.service.max_tokens_limit)
+        self.version = served_version(context)
         log.info("loaded language model %s on %s", self.service.name, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
@@ -204,12 +205,12 @@ class GenerationHandler:
             del self.flights[request_id]
         return _Reply("".join(parts), out.done, sent_before, out.content_type)
 
-    @staticmethod
-    def respond(replies: list[_Reply], context) -> list[str]:
+    def respond(self, replies: list[_Reply], context) -> list[str]:
         """Set each reply's content type and whether its stream goes on: TorchServe sends a request's first reply
         with its status line, and a reply that is both first and last as one plain (non-chunked) response."""
         for idx, reply in enumerate(replies):
             context.set_response_content_type(idx, reply.content_type)
+            context.set_response_header(idx, VERSION_HEADER, self.version)
         outcome = [None if r.final and not r.sent_before and not r.grpc else r.final for r in replies]
         context.stopping_criteria = [lambda _, stop=stop: stop for stop in outcome]
         return [reply.body for reply in replies]

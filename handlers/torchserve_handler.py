@@ -17,19 +17,27 @@ from handlers.log_limit import rate_limited
 from handlers.tasks import load_pipeline
 
 log = rate_limited(__name__)  # a client can trigger these: a flood must not flood the log
+VERSION_HEADER = "X-Model-Version"  # which version of the model answered (maas serve deploy adds versions)
+
+
+def served_version(context) -> str:
+    """The model's version as this worker serves it: TorchServe's ``N.0`` as the integer ``N`` it stands for."""
+    version = str((getattr(context, "manifest", None) or {}).get("model", {}).get("modelVersion", "1.0"))
+    return version.removesuffix(".0")
 
 
 class MaasHandler:
     """One instance per worker. TorchServe calls ``initialize`` once, then ``handle`` for every batch."""
 
     def __init__(self):
-        self.pipeline = None
+        self.pipeline, self.version = None, "1"
 
     def initialize(self, context) -> None:
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
         self.pipeline = load_pipeline(Path(properties["model_dir"]) / "artifact", device=device)
+        self.version = served_version(context)
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
@@ -40,6 +48,7 @@ class MaasHandler:
                 error = body["error"]
                 context.set_response_status(status, error["message"] if isinstance(error, dict) else error, idx)
             context.set_response_content_type(idx, "application/json")
+            context.set_response_header(idx, VERSION_HEADER, self.version)
             responses.append(json.dumps(body))
         self.record_metrics(context, len(data))
         return responses

@@ -11,6 +11,9 @@
     maas check ARTIFACT --input FILE...  requests through both servers' handlers in process, side by side
     maas serve start|stop torchserve|triton|both
     maas serve status [--json]           deep health: a real inference per model on each server (a k8s probe)
+    maas serve deploy ARTIFACT           a new version beside the running one, probed, then the default
+    maas serve rollback|retire MODEL     the version before back as the default | drop all but the default
+    maas serve versions [MODEL]          versions loaded and the default, on each server
     maas soak --requests N --kill-every K   load both servers, kill workers/stubs, count lost and wrong answers
     maas deploy kserve ARTIFACT... --storage-uri URI   KServe storage layouts + InferenceService manifests
     maas deploy check DIR                check them against KServe's CRD schemas and rules (after an edit)
@@ -52,6 +55,10 @@ COMMANDS = {
     ("build",): "scripts.packaging.build",
     ("check",): "scripts.packaging.check",
     ("serve",): "scripts.serving.servers",
+    ("serve", "deploy"): "scripts.deploy.rollout:deploy",
+    ("serve", "rollback"): "scripts.deploy.rollout:rollback",
+    ("serve", "retire"): "scripts.deploy.rollout:retire",
+    ("serve", "versions"): "scripts.deploy.rollout:versions",
     ("samples",): "scripts.serving.samples",
     ("soak",): "scripts.serving.soak",
     ("deploy",): "scripts.deploy.kserve",

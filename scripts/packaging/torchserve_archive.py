@@ -8,7 +8,9 @@ archive's ``model-config.yaml``. torch-model-archiver copies the *contents* of a
 
 from __future__ import annotations
 
+import json
 import tempfile
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -42,7 +44,9 @@ def torchserve_model_config(manifest: Manifest) -> dict:
     }
 
 
-def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: str, version: str = "1.0") -> Path:
+def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: str, version: str = "1.0",
+              file_name: str | None = None) -> Path:  # fmt: skip
+    """``<model_store>/<file_name or name>.mar``; ``version``: TorchServe's version of the model (a string)."""
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"mar-{name}-") as tmp:
         stage = Path(tmp) / "stage"
@@ -54,8 +58,9 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
         config_file.write_text(yaml.safe_dump(model_config))
         entry = Path(tmp) / f"{ENTRY_MODULE}.py"
         entry.write_text(TORCHSERVE_ENTRY if generative else ENTRY_POINT)
+        stage_name = file_name or name
         config = ModelArchiverConfig(
-            model_name=name,
+            model_name=stage_name,
             handler=str(entry),
             version=version,
             extra_files=str(stage),
@@ -70,4 +75,19 @@ def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: s
             generate_model_archive(config)
         finally:
             tempfile.tempdir = shared
-    return model_store / f"{name}.mar"
+        if stage_name != name:  # the archiver names the file after the model: name the model in its manifest
+            rename_model(model_store / f"{stage_name}.mar", name)
+    return model_store / f"{stage_name}.mar"
+
+
+def rename_model(mar: Path, name: str) -> None:
+    """Set the model name in an archive's ``MAR-INF/MANIFEST.json`` (the file keeps its own name)."""
+    with zipfile.ZipFile(mar) as archive:
+        entries = {info: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(mar, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info, data in entries.items():
+            if info.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest, indent=2).encode()
+            archive.writestr(info, data)

@@ -71,15 +71,22 @@ def build_triton_model(
     model_dir = repository / name
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    version_dir = model_dir / "1"
+    config = write_version(artifact_dir, manifest, model_dir, 1, python_env, instances)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return model_dir
+
+
+def write_version(artifact_dir: Path, manifest: Manifest, model_dir: Path, version: int, python_env: Path,
+                  instances: int = 1) -> mc.ModelConfig:  # fmt: skip
+    """Write ``<model_dir>/<version>/`` (the runtime, the artifact, the probe, the entry point); return the model's
+    configuration for it (``maas serve deploy`` adds a version beside the others, under the config they share)."""
+    version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True)
     copy_runtime(artifact_dir, version_dir, manifest.serving)
     write_probe(artifact_dir, manifest, version_dir)
+    name = model_dir.name
     if is_language_model(manifest):
         (version_dir / "model.py").write_text(TRITON_ENTRY)
-        config = triton_config(manifest, name, python_env)
-    else:
-        (version_dir / "model.py").write_text(ENTRY_POINT)
-        config = model_config(manifest, artifact_dir, name, python_env, instances)
-    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
-    return model_dir
+        return triton_config(manifest, name, python_env)
+    (version_dir / "model.py").write_text(ENTRY_POINT)
+    return model_config(manifest, artifact_dir, name, python_env, instances)

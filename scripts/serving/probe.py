@@ -25,6 +25,7 @@ from tritonclient.utils import triton_to_np_dtype
 
 PROBE_NAME = "probe.json"
 GENERATE = "triton_generate"
+VERSION_FILE = "__v"  # a version beside the first in the model store: <model>__v<N>.mar (maas serve deploy)
 
 
 def decode_tensor(record: dict) -> np.ndarray:
@@ -39,13 +40,21 @@ def triton_inputs(probe: dict) -> dict[str, np.ndarray]:
 
 
 def torchserve_probes(model_store: Path) -> dict[str, dict | None]:
-    """Each archive's probe, by model name (None for an archive built without one)."""
+    """Each archive's probe, by model name (None for an archive built without one); of a model's versions, the
+    newest's (``<model>__v<N>.mar``)."""
     probes = {}
-    for mar in sorted(Path(model_store).glob("*.mar")):
+    archives = sorted(Path(model_store).glob("*.mar"), key=lambda mar: _version(mar.stem))
+    for mar in archives:
         with zipfile.ZipFile(mar) as archive:
             names = set(archive.namelist())
-            probes[mar.stem] = json.loads(archive.read(PROBE_NAME)) if PROBE_NAME in names else None
+            model = mar.stem.split(VERSION_FILE)[0]
+            probes[model] = json.loads(archive.read(PROBE_NAME)) if PROBE_NAME in names else None
     return probes
+
+
+def _version(stem: str) -> tuple[str, int]:
+    model, _, version = stem.partition(VERSION_FILE)
+    return model, int(version) if version.isdigit() else 1
 
 
 def triton_probes(repository: Path) -> dict[str, dict | None]:

@@ -14,12 +14,15 @@ import numpy as np
 
 
 class FakeContext:
-    """TorchServe's Context as a handler sees it: system properties and per-request status/content type."""
+    """TorchServe's Context as a handler sees it: system properties, the archive's manifest, and per-request
+    status, content type and headers."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, version: str = "1.0"):
         self.system_properties = {"model_dir": model_dir, "gpu_id": None}
+        self.manifest = {"model": {"modelVersion": version}}
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.headers: dict[int, dict[str, str]] = {}
         self.metrics = FakeMetrics()
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
@@ -27,6 +30,9 @@ class FakeContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.headers.setdefault(idx, {})[key] = value
 
 
 class FakeMetrics:
