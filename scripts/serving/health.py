@@ -57,7 +57,9 @@ def torchserve_health(url: str, key: str | None, model_store: Path = MODEL_STORE
                 else:
                     body, content_type = torchserve_body(probe)
                     response = http.post(f"/predictions/{model}", content=body, headers={"Content-Type": content_type})
+                    version = response.headers.get("X-Model-Version")  # the default version answers
                     ok, detail = response.status_code == 200, f"HTTP {response.status_code}"
+                    detail += f", version {version}" if version else ""
                     if not ok:
                         detail += f": {response.text[:200]}"
             except httpx.HTTPError as exc:
@@ -85,8 +87,9 @@ def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[
                                           headers=headers, timeout=timeout)  # fmt: skip
                     ok, detail = response.status_code == 200, f"generate: HTTP {response.status_code}"
                 else:
-                    client.infer(model, infer_inputs(triton_http, triton_inputs(probe)), headers=dict(headers or {}))
-                    ok, detail = True, "answered"
+                    inputs = infer_inputs(triton_http, triton_inputs(probe))
+                    result = client.infer(model, inputs, headers=dict(headers or {}))
+                    ok, detail = True, f"answered, version {result.get_response().get('model_version')}"
             except (InferenceServerException, OSError, httpx.HTTPError) as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             results.append(ModelHealth("triton", model, ok, _ms(start), detail))

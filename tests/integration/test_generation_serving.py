@@ -250,4 +250,4 @@ def test_the_deep_health_probe_asks_each_language_model_for_a_token(torchserve, 
     language_models = [r for r in results if r.model.startswith("lm_")]
     assert len(language_models) == 2 * len(KINDS), results
     assert all(r.ok for r in language_models), language_models
-    assert {r.detail for r in language_models} == {"HTTP 200", "generate: HTTP 200"}
+    assert {r.detail for r in language_models} == {"HTTP 200, version 1", "generate: HTTP 200"}

@@ -6,6 +6,7 @@ sending requests, each naming no version, while versions are deployed, refused, 
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from scripts.deploy.rollout import RolloutRefused, TorchServeVersions, TritonVersions
+from scripts.deploy.torchserve_versions import TorchServeVersions
+from scripts.deploy.triton_versions import TritonVersions
+from scripts.deploy.version_rules import RolloutRefused
 from scripts.packaging.build import build
 from scripts.serving.keys import TritonAccess, bearer
 from scripts.serving.processes import free_ports, stop_process
@@ -97,12 +100,18 @@ def test_deploy_refuse_rollback_and_retire_under_load_lose_nothing(servers, digi
         record["reference"][3] = list(np.roll(record["reference"][3], 1))
 
     rewrite(broken, drifted)
+    relabelled = shutil.copytree(digits_artifact, tmp_path / "digits-relabelled")
+    pipeline = json.loads((relabelled / "pipeline.json").read_text())
+    pipeline["labels"] = [f"digit {label}" for label in pipeline["labels"]]  # the same network, other answers
+    (relabelled / "pipeline.json").write_text(json.dumps(pipeline))
     with Load(torchserve, triton, png) as load:
         for server_versions in versions.values():
             assert server_versions.deploy(digits_artifact, "digits") == 2
             assert server_versions.versions("digits")[1] == 2
             with pytest.raises(RolloutRefused, match="version 3"):
                 server_versions.deploy(broken, "digits")
+            with pytest.raises(RolloutRefused, match="labels"):
+                server_versions.deploy(relabelled, "digits")
             assert server_versions.versions("digits")[1] == 2  # the refused version took no traffic
         for server in versions:
             assert ask(server, torchserve, triton, png) == (200, "2")

@@ -7,6 +7,7 @@ import logging
 import shutil
 import socket
 import stat
+import types
 
 import httpx
 import numpy as np
@@ -171,6 +172,7 @@ def test_each_triton_probe_gets_its_own_headers(monkeypatch):
 
         def infer(self, model, inputs, headers):
             headers["Inference-Header-Content-Length"] = 42  # what tritonclient does with binary inputs
+            return types.SimpleNamespace(get_response=lambda: {"model_version": "1"})
 
         def close(self):
             pass

@@ -1,0 +1,121 @@
+"""Triton's side of ``maas serve deploy``: a version directory loaded beside the others under a specific version
+policy, probed by name (``rollout.py`` has the whole procedure)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from handlers.artifact import MANIFEST_NAME, read_manifest
+from scripts.deploy.version_rules import RolloutRefused, check_contract
+from scripts.packaging.build import for_server
+from scripts.packaging.probe import make_probe
+from scripts.packaging.triton_repository import write_version
+from scripts.serving.client import infer_inputs
+from scripts.serving.keys import TritonAccess, read_triton_key
+from scripts.serving.probe import GENERATE, triton_inputs
+
+
+class TritonVersions:
+    def __init__(self, http: str, repository: Path, access: TritonAccess | None = None):
+        access = access or read_triton_key()  # the key of the tritonserver `maas serve start` runs
+        self.client = httpx.Client(base_url=f"http://{http}", timeout=600, headers=access.admin_headers())
+        self.inference_headers = access.inference_headers()
+        self.repository = repository
+
+    def config_path(self, model: str) -> Path:
+        return self.repository / model / "config.pbtxt"
+
+    def read_config(self, model: str) -> mc.ModelConfig:
+        return text_format.Parse(self.config_path(model).read_text(), mc.ModelConfig())
+
+    def on_disk(self, model: str) -> list[int]:
+        return sorted(int(p.name) for p in (self.repository / model).iterdir() if p.name.isdigit())
+
+    def loaded(self, model: str) -> list[int]:
+        index = self.client.post("/v2/repository/index", json={"ready": True})
+        index.raise_for_status()
+        return sorted(int(m["version"]) for m in index.json() if m["name"] == model and m.get("state") == "READY")
+
+    def load(self, model: str, versions: list[int]) -> httpx.Response:
+        """Reload ``model`` with exactly ``versions`` (the config on disk says so, for a restart too)."""
+        config = self.read_config(model)
+        config.ClearField("version_policy")
+        config.version_policy.specific.versions.extend(versions)
+        self.config_path(model).write_text(text_format.MessageToString(config))
+        return self.client.post(f"/v2/repository/models/{model}/load")
+
+    def served_manifest(self, model: str) -> dict | None:
+        loaded = self.loaded(model)
+        if not loaded:
+            return None
+        return json.loads((self.repository / model / str(loaded[-1]) / "artifact" / MANIFEST_NAME).read_text())
+
+    def deploy(self, artifact: Path, model: str, new_contract: bool = False,
+               python_env: Path = Path(sys.prefix)) -> int:  # fmt: skip
+        manifest = for_server(read_manifest(artifact), "triton", None)
+        check_contract(manifest, self.served_manifest(model), model, new_contract)
+        before = self.loaded(model)
+        version = max(self.on_disk(model), default=0) + 1
+        write_version(artifact, manifest, self.repository / model, version, python_env)
+        loaded = self.load(model, [*before, version])
+        if loaded.status_code != 200:
+            self.load(model, before)  # the config on disk back as it was; the loaded versions never changed
+            _remove(self.repository / model / str(version))
+            raise RolloutRefused(f"Triton did not load {model} version {version}: {loaded.text[:300]}")
+        probe = make_probe(artifact, manifest)
+        failure = self.probe(model, version, probe) if probe is not None else None
+        if failure:
+            self.load(model, before)
+            _remove(self.repository / model / str(version))
+            raise RolloutRefused(f"{model} version {version} failed its probe on Triton ({failure}); unloaded")
+        return version
+
+    def probe(self, model: str, version: int, probe: dict) -> str | None:
+        """None when version ``version`` answers its probe, else what went wrong."""
+        if GENERATE in probe:
+            answer = self.client.post(f"/v2/models/{model}/versions/{version}/generate", json=probe[GENERATE],
+                                      headers=self.inference_headers)  # fmt: skip
+            return None if answer.status_code == 200 else f"HTTP {answer.status_code}: {answer.text[:200]}"
+        import tritonclient.http as triton_http  # here for its cost (numpy, gevent)
+
+        client = triton_http.InferenceServerClient(str(self.client.base_url.netloc.decode()))
+        try:
+            client.infer(model, infer_inputs(triton_http, triton_inputs(probe)), model_version=str(version),
+                         headers=dict(self.inference_headers))  # fmt: skip
+        except Exception as exc:  # the server's refusal, whatever its type
+            return str(exc)[:200]
+        finally:
+            client.close()
+        return None
+
+    def rollback(self, model: str) -> int:
+        loaded = self.loaded(model)
+        if len(loaded) < 2:
+            raise RolloutRefused(f"{model} has no version before {loaded[-1] if loaded else '?'} loaded on Triton")
+        answer = self.load(model, loaded[:-1])
+        answer.raise_for_status()
+        return loaded[-2]
+
+    def retire(self, model: str) -> list[int]:
+        loaded = self.loaded(model)
+        keep = loaded[-1:]
+        self.load(model, keep).raise_for_status()
+        retired = [v for v in self.on_disk(model) if v not in keep]
+        for version in retired:
+            _remove(self.repository / model / str(version))
+        return retired
+
+    def versions(self, model: str) -> tuple[list[int], int | None]:
+        loaded = self.loaded(model)
+        return loaded, (loaded[-1] if loaded else None)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
