@@ -45,7 +45,8 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         log_to_triton()
         self.service = GenerationService(artifact_dir(args), device=device(args))
-        self.metrics, self.published = GenerationMetrics(), TritonMetrics(args["model_name"])
+        self.metrics = GenerationMetrics()
+        self.published = TritonMetrics(args["model_name"], str(args["model_version"]))
         self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics)
         self.ids = itertools.count()
         log.info("loaded language model %s", self.service.name)
@@ -83,9 +84,9 @@ class TritonPythonModel:
 class TritonMetrics:
     """The generation metrics as Triton metric families (on its /metrics with the server's own)."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, version: str = "1"):
         family = pb_utils.MetricFamily
-        labels = {"model": model}
+        labels = {"model": model, "version": version}  # each loaded version its own series
 
         def make(name: str, kind, description: str, **metric):
             self.families.append(family(name=f"{PREFIX}{name}", description=description, kind=kind))

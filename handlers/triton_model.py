@@ -39,7 +39,7 @@ class TritonPythonModel:
         self.rows_family = pb_utils.MetricFamily(
             name="maas_rows_total", description="Rows run through the model", kind=pb_utils.MetricFamily.COUNTER
         )
-        model = {"model": args["model_name"]}
+        model = {"model": args["model_name"], "version": str(args["model_version"])}  # two versions may be loaded
         self.stage_metrics = {
             stage: self.stage_family.Metric(labels={**model, "stage": stage}) for stage in BatchTimings().stages()
         }

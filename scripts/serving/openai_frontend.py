@@ -56,13 +56,12 @@ def create_app(models: dict[str, ModelCard], triton_grpc: str, key: str, triton_
             state["client"] = grpc_aio.InferenceServerClient(triton_grpc)
         return state["client"]
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
-                return failure(NO_KEY)
-        return await call_next(request)
+    def refused(request: Request) -> JSONResponse | None:
+        """The 401 for a request without the key. Checked in each route, not in an HTTP middleware: Starlette's
+        BaseHTTPMiddleware relays a stream through a task of its own, and a client that left was then sometimes
+        not noticed until the next request (its generation ran on to the end; seen in 1 of ~25 tries)."""
+        given = request.headers.get("authorization", "")
+        return None if secrets.compare_digest(given.encode(), f"Bearer {key}".encode()) else failure(NO_KEY)
 
     @app.get("/health/ready")
     async def ready() -> JSONResponse:
@@ -75,11 +74,13 @@ def create_app(models: dict[str, ModelCard], triton_grpc: str, key: str, triton_
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v1/models")
-    async def list_models() -> JSONResponse:
-        return JSONResponse(models_list(sorted(models)))
+    async def list_models(request: Request) -> JSONResponse:
+        return refused(request) or JSONResponse(models_list(sorted(models)))
 
     @app.post("/v1/{route:path}")
     async def generate(route: str, request: Request):
+        if (denied := refused(request)) is not None:
+            return denied
         try:
             body = json.loads(await request.body() or b"null")
         except ValueError as exc:

@@ -70,7 +70,7 @@ def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digit
     images = held_out_digits[0][:3]
     good = pb.InferenceRequest([pb.Tensor("PIXELS", images.astype(np.float32))])
     bad = pb.InferenceRequest([pb.Tensor("IMAGE", np.array([[b"junk"]], dtype=np.object_))])
-    rows_key = ("maas_rows_total", (("model", "digits"),))
+    rows_key = ("maas_rows_total", (("model", "digits"), ("version", "1")))
     rows_before = pb.MetricFamily.totals.get(rows_key, 0)  # the stand-in is shared by the session (maas check too)
     responses = model.execute([good, bad])
     assert len(responses) == 2
@@ -88,7 +88,7 @@ def test_triton_metrics_are_sent_at_most_every_flush_interval_and_none_is_lost(b
 
     clock = [1000.0]
     monkeypatch.setattr(triton_model.time, "monotonic", lambda: clock[0])
-    rows_key = ("maas_rows_total", (("model", "digits"),))
+    rows_key = ("maas_rows_total", (("model", "digits"), ("version", "1")))
     before = pb.MetricFamily.totals.get(rows_key, 0)
     request = lambda n: pb.InferenceRequest([pb.Tensor("PIXELS", held_out_digits[0][:n].astype(np.float32))])  # noqa: E731
     model.execute([request(2)])  # the first batch is sent at once
