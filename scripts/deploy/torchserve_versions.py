@@ -45,8 +45,7 @@ class TorchServeVersions:
         _, default = self.versions(model)
         if default is None:
             return None
-        mar = self.model_store / (f"{model}{VERSION_FILE}{default}.mar" if default > 1 else f"{model}.mar")
-        with zipfile.ZipFile(mar) as archive:
+        with zipfile.ZipFile(self.archive(model, default)) as archive:
             return json.loads(archive.read(f"artifact/{MANIFEST_NAME}"))
 
     def deploy(self, artifact: Path, model: str, new_contract: bool = False) -> int:
@@ -54,14 +53,12 @@ class TorchServeVersions:
         check_contract(manifest, self.served_manifest(model), model, new_contract)
         versions, _ = self.versions(model)
         version = max(versions, default=0) + 1
-        file_name = f"{model}{VERSION_FILE}{version}"
-        mar = build_mar(artifact, manifest, self.model_store, model, f"{version}.0", file_name)
+        mar = build_mar(artifact, manifest, self.model_store, model, f"{version}.0", self.archive(model, version).stem)
         query = urllib.parse.urlencode({"url": mar.name, "model_name": model, "synchronous": "true",
                                         "initial_workers": manifest.serving.workers})  # fmt: skip
         registered = self.management.post(f"/models?{query}")
         if registered.status_code != 200:  # TorchServe keeps a version whose workers failed: unregister it
-            self.management.delete(f"/models/{model}/{version}.0")
-            mar.unlink(missing_ok=True)
+            self.withdraw(model, version)
             raise RolloutRefused(f"TorchServe did not load {model} version {version}: {registered.text[:300]}")
         probe = make_probe(artifact, manifest)
         if probe is not None:
@@ -69,8 +66,7 @@ class TorchServeVersions:
             answer = self.inference.post(f"/predictions/{model}/{version}.0", content=body,
                                          headers={"Content-Type": content_type})  # fmt: skip
             if answer.status_code != 200:
-                self.management.delete(f"/models/{model}/{version}.0")
-                mar.unlink(missing_ok=True)
+                self.withdraw(model, version)
                 why = f"HTTP {answer.status_code}: {answer.text[:200]}"
                 raise RolloutRefused(f"{model} version {version} failed its probe on TorchServe ({why}); it took no "
                                      "traffic")  # fmt: skip
@@ -92,7 +88,16 @@ class TorchServeVersions:
         versions, default = self.versions(model)
         retired = [v for v in versions if v != default]
         for version in retired:
-            self.management.delete(f"/models/{model}/{version}.0").raise_for_status()
-            mar = self.model_store / (f"{model}{VERSION_FILE}{version}.mar" if version > 1 else f"{model}.mar")
-            mar.unlink(missing_ok=True)
+            self.withdraw(model, version, check=True)
         return retired
+
+    def archive(self, model: str, version: int) -> Path:
+        """Version 1 is the archive ``maas build`` wrote; the others ``deploy``'s ``<model>__v<N>.mar``."""
+        return self.model_store / (f"{model}{VERSION_FILE}{version}.mar" if version > 1 else f"{model}.mar")
+
+    def withdraw(self, model: str, version: int, check: bool = False) -> None:
+        """Unregister a version and delete its archive."""
+        answer = self.management.delete(f"/models/{model}/{version}.0")
+        if check:
+            answer.raise_for_status()
+        self.archive(model, version).unlink(missing_ok=True)

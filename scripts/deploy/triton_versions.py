@@ -25,6 +25,7 @@ from scripts.serving.probe import GENERATE, triton_inputs
 class TritonVersions:
     def __init__(self, http: str, repository: Path, access: TritonAccess | None = None):
         access = access or read_triton_key()  # the key of the tritonserver `maas serve start` runs
+        self.address = http
         self.client = httpx.Client(base_url=f"http://{http}", timeout=600, headers=access.admin_headers())
         self.inference_headers = access.inference_headers()
         self.repository = repository
@@ -65,15 +66,13 @@ class TritonVersions:
         version = max(self.on_disk(model), default=0) + 1
         write_version(artifact, manifest, self.repository / model, version, python_env)
         loaded = self.load(model, [*before, version])
-        if loaded.status_code != 200:
-            self.load(model, before)  # the config on disk back as it was; the loaded versions never changed
-            _remove(self.repository / model / str(version))
+        if loaded.status_code != 200:  # the loaded versions never changed: only the config on disk goes back
+            self.withdraw(model, version, before)
             raise RolloutRefused(f"Triton did not load {model} version {version}: {loaded.text[:300]}")
         probe = make_probe(artifact, manifest)
         failure = self.probe(model, version, probe) if probe is not None else None
         if failure:
-            self.load(model, before)
-            _remove(self.repository / model / str(version))
+            self.withdraw(model, version, before)
             raise RolloutRefused(f"{model} version {version} failed its probe on Triton ({failure}); unloaded")
         return version
 
@@ -85,7 +84,7 @@ class TritonVersions:
             return None if answer.status_code == 200 else f"HTTP {answer.status_code}: {answer.text[:200]}"
         import tritonclient.http as triton_http  # here for its cost (numpy, gevent)
 
-        client = triton_http.InferenceServerClient(str(self.client.base_url.netloc.decode()))
+        client = triton_http.InferenceServerClient(self.address)
         try:
             client.infer(model, infer_inputs(triton_http, triton_inputs(probe)), model_version=str(version),
                          headers=dict(self.inference_headers))  # fmt: skip
@@ -109,13 +108,14 @@ class TritonVersions:
         self.load(model, keep).raise_for_status()
         retired = [v for v in self.on_disk(model) if v not in keep]
         for version in retired:
-            _remove(self.repository / model / str(version))
+            shutil.rmtree(self.repository / model / str(version), ignore_errors=True)
         return retired
+
+    def withdraw(self, model: str, version: int, before: list[int]) -> None:
+        """Reload ``model`` with the versions it had before ``version``, and delete that version's directory."""
+        self.load(model, before)
+        shutil.rmtree(self.repository / model / str(version), ignore_errors=True)
 
     def versions(self, model: str) -> tuple[list[int], int | None]:
         loaded = self.loaded(model)
         return loaded, (loaded[-1] if loaded else None)
-
-
-def _remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
