@@ -36,7 +36,7 @@ from handlers.generation.openai_api import SSE_DONE, ModelCard, OpenAIError, err
 from handlers.generation.openai_reply import Reply
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
 from handlers.log_limit import rate_limited
-from handlers.torchserve_handler import VERSION_HEADER, request_body, served_version
+from handlers.torchserve_handler import VERSION_HEADER, request_body, served_version, version_dimensions
 
 log = rate_limited(__name__)
 STREAM_TYPE, ANSWER_TYPE, SSE_TYPE = "application/x-ndjson", "application/json", "text/event-stream"
@@ -183,7 +183,8 @@ class GenerationHandler:
         """Never fails a step: a fault here is logged, and the chunks still go out."""
         try:
             engine = self.service.engine
-            publish_torchserve(context.metrics, self.metrics.step(events, engine.running, engine.waiting))
+            step = self.metrics.step(events, engine.running, engine.waiting)
+            publish_torchserve(context.metrics, step, version_dimensions(self.version))
         except Exception:
             log.exception("could not record metrics")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.log_limit import rate_limited
@@ -26,6 +27,11 @@ def served_version(context) -> str:
     return version.removesuffix(".0")
 
 
+def version_dimensions(version: str) -> list:
+    """The label our metrics carry beside TorchServe's own ``ModelName`` and ``Level``: the version that served."""
+    return [Dimension("ModelVersion", version)]
+
+
 class MaasHandler:
     """One instance per worker. TorchServe calls ``initialize`` once, then ``handle`` for every batch."""
 
@@ -38,6 +44,7 @@ class MaasHandler:
         device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
         self.pipeline = load_pipeline(Path(properties["model_dir"]) / "artifact", device=device)
         self.version = served_version(context)
+        self.dimensions = version_dimensions(self.version)
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
@@ -59,9 +66,9 @@ class MaasHandler:
         timings = self.pipeline.last_timings
         try:
             for stage, ms in timings.stages().items():
-                context.metrics.add_time(f"Maas{stage.title()}Ms", ms, None, "ms", metric_type=MetricTypes.COUNTER)
-            context.metrics.add_counter("MaasRows", timings.rows)
-            context.metrics.add_counter("MaasBatches", 1)
+                context.metrics.add_time(f"Maas{stage.title()}Ms", ms, None, "ms", self.dimensions, MetricTypes.COUNTER)
+            context.metrics.add_counter("MaasRows", timings.rows, None, self.dimensions)
+            context.metrics.add_counter("MaasBatches", 1, None, self.dimensions)
         except Exception:
             log.exception("could not record metrics")
         log.debug("batch of %d requests, %d rows: %s", requests, timings.rows, timings)

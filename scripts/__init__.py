@@ -25,3 +25,14 @@ def at_least(least: int):
 
     parse.__name__ = "int"  # argparse's "invalid int value: 'x'"
     return parse
+
+
+def positive(text: str) -> float:
+    """An argparse ``type``: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+positive.__name__ = "float"

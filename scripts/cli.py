@@ -12,9 +12,11 @@
     maas serve start|stop torchserve|triton|both
     maas serve status [--json]           deep health: a real inference per model on each server (a k8s probe)
     maas serve deploy ARTIFACT           a new version beside the running one, probed, then the default
+    maas serve deploy ARTIFACT --canary 10   the new version takes ~10% of the requests (promote|rollback MODEL)
     maas serve rollback|retire MODEL     the version before back as the default | drop all but the default
     maas serve versions [MODEL]          versions loaded and the default, on each server
     maas soak --requests N --kill-every K   load both servers, kill workers/stubs, count lost and wrong answers
+    maas soak --deploy ARTIFACT          the same load while a version is canaried, promoted, rolled back
     maas deploy kserve ARTIFACT... --storage-uri URI   KServe storage layouts + InferenceService manifests
     maas deploy check DIR                check them against KServe's CRD schemas and rules (after an edit)
     maas samples                         send sample requests to the running servers
@@ -56,11 +58,12 @@ COMMANDS = {
     ("check",): "scripts.packaging.check",
     ("serve",): "scripts.serving.servers",
     ("serve", "deploy"): "scripts.deploy.rollout:deploy",
+    ("serve", "promote"): "scripts.deploy.rollout:promote",
     ("serve", "rollback"): "scripts.deploy.rollout:rollback",
     ("serve", "retire"): "scripts.deploy.rollout:retire",
     ("serve", "versions"): "scripts.deploy.rollout:versions",
     ("samples",): "scripts.serving.samples",
-    ("soak",): "scripts.serving.soak",
+    ("soak",): "scripts.deploy.soak_deploy",
     ("deploy",): "scripts.deploy.kserve",
     ("bench", "serving"): "scripts.benchmarking.benchmark",
     ("bench", "formats"): "scripts.benchmarking.benchmark_formats",

@@ -81,19 +81,23 @@ class GenerationMetrics:
         return metrics
 
 
-def publish_torchserve(metrics, step: StepMetrics) -> None:
-    """Into TorchServe's metrics (``context.metrics``; Prometheus with ``model_metrics_auto_detect``)."""
+def publish_torchserve(metrics, step: StepMetrics, dimensions: list | None = None) -> None:
+    """Into TorchServe's metrics (``context.metrics``; Prometheus with ``model_metrics_auto_detect``), labelled
+    with ``dimensions`` (the version that served) beside TorchServe's own."""
     from ts.metrics.metric_type_enum import MetricTypes  # only inside a TorchServe worker
+
+    def add(name: str, value: float, unit: str, kind: MetricTypes) -> None:
+        metrics.add_metric(f"{PREFIX}{name}", value, unit, dimensions=dimensions or [], metric_type=kind)
 
     histogram, counter, gauge = MetricTypes.HISTOGRAM, MetricTypes.COUNTER, MetricTypes.GAUGE
     for value in step.time_to_first_token:
-        metrics.add_metric(f"{PREFIX}time_to_first_token_seconds", value, "s", metric_type=histogram)
+        add("time_to_first_token_seconds", value, "s", histogram)
     if step.inter_token_latency is not None:
-        metrics.add_metric(f"{PREFIX}inter_token_latency_seconds", step.inter_token_latency, "s", metric_type=histogram)
+        add("inter_token_latency_seconds", step.inter_token_latency, "s", histogram)
     for name in ("prompt_tokens", "generation_tokens"):
         if getattr(step, name):
-            metrics.add_metric(f"{PREFIX}{name}_total", getattr(step, name), "count", metric_type=counter)
+            add(f"{name}_total", getattr(step, name), "count", counter)
     for reason, count in step.finished.items():
-        metrics.add_metric(f"{PREFIX}request_finished_{reason}_total", count, "count", metric_type=counter)
-    metrics.add_metric(f"{PREFIX}num_requests_running", step.running, "count", metric_type=gauge)
-    metrics.add_metric(f"{PREFIX}num_requests_waiting", step.waiting, "count", metric_type=gauge)
+        add(f"request_finished_{reason}_total", count, "count", counter)
+    add("num_requests_running", step.running, "count", gauge)
+    add("num_requests_waiting", step.waiting, "count", gauge)

@@ -3,7 +3,7 @@
     maas deploy kserve artifacts/digits artifacts/sentiment --storage-uri s3://my-bucket/maas [--out deploy/kserve]
         [--min-replicas 1 --max-replicas 4 --scale-metric cpu --scale-target 70 --mode Standard|Knative]
         [--cpu 2 --memory 4Gi --shm-size 1Gi --run-as-user 1000] [--torchserve-image IMAGE] [--triton-image IMAGE]
-        [--image-root /opt/maas] [--openai-cpu 1 --openai-memory 1Gi]
+        [--image-root /opt/maas] [--openai-cpu 1 --openai-memory 1Gi] [--canary 10 (with --mode Knative)]
     maas deploy check deploy/kserve     # KServe's CRD schemas and rules, and the layouts (after an edit)
 
 Writes ``<out>/torchserve/<model>/`` and ``<out>/triton/<model>/`` (``scripts/deploy/kserve_layout.py``) and
@@ -13,6 +13,11 @@ and the ServingRuntimes they name (for a language model on Triton, ``maas-triton
 file is checked before the command returns: each manifest against KServe's own CRD schema, strictly
 (``kserve_schema.py``), and its admission rules (``kserve_rules.py``), then each layout against the manifest that
 serves it.
+
+``--canary PERCENT`` (Knative mode only, as KServe's canary rollout): each InferenceService gets
+``canaryTrafficPercent``, so that applied over the running one, the new revision (a new ``--storage-uri`` holding the
+new version's files) takes that share of the requests and the last one rolled out the rest. Deploying again without
+``--canary`` and applying promotes it; ``canaryTrafficPercent: 0`` rolls back (docs/kserve.md, "Canary rollout").
 """
 
 from __future__ import annotations
@@ -97,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     writer.add_argument("--scale-target", type=int, default=defaults.target,
                         help="percent utilization (cpu, memory) or per pod (concurrency, rps)")  # fmt: skip
     writer.add_argument("--mode", default=defaults.mode, choices=MODES, help="KServe deployment mode")
+    writer.add_argument("--canary", type=canary_percent, metavar="PERCENT",
+                        help="Knative mode: this share of the requests goes to the new revision (a new --storage-uri "
+                             "with the new version's files), the rest to the last one rolled out")  # fmt: skip
     writer.add_argument("--cpu", default=defaults.cpu, help="CPU request and limit per pod")
     writer.add_argument("--memory", default=defaults.memory, help="memory request and limit per pod")
     writer.add_argument("--shm-size", default=pods.shm_size,
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.out}: layouts and manifests valid")
             return 0
         scaling = Scaling(args.min_replicas, args.max_replicas, args.scale_metric, args.scale_target, args.mode,
-                          args.cpu, args.memory)  # fmt: skip
+                          args.cpu, args.memory, args.canary)  # fmt: skip
         runtimes = Runtimes(args.torchserve_image, args.triton_image, args.image_root, args.run_as_user, args.shm_size,
                             args.openai_cpu, args.openai_memory)  # fmt: skip
         written = deploy(args.artifacts, args.out, args.storage_uri, scaling, runtimes, args.format)
@@ -127,8 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\n".join(["wrote", *(f"  {path}" for path in written),
                      f"next: copy {args.out}/torchserve and {args.out}/triton to {args.storage_uri}/, then",
-                     f"      kubectl apply -f {args.out / 'manifests'}"]))  # fmt: skip
+                     f"      kubectl apply -f {args.out / 'manifests'}", *canary_steps(args.canary)]))  # fmt: skip
     return 0
+
+
+def canary_percent(text: str) -> int:
+    """``--canary``: a whole percentage of the requests, 1..99 (0 is a rollback, 100 a promotion: no canary)."""
+    if not text.isdigit() or not 1 <= int(text) <= 99:
+        raise argparse.ArgumentTypeError(f"a whole percentage of the requests, 1..99, not {text!r}")
+    return int(text)
+
+
+def canary_steps(percent: int | None) -> list[str]:
+    if percent is None:
+        return []
+    return [f"canary: applied over the running InferenceServices, the new revision takes {percent}% of the requests "
+            "and the last one rolled out the rest (--storage-uri: the new version's files, not the running one's)",
+            "      promote: deploy again without --canary and apply; roll back: set "
+            "spec.predictor.canaryTrafficPercent to 0 and apply"]  # fmt: skip
 
 
 if __name__ == "__main__":

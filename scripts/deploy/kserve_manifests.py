@@ -29,7 +29,9 @@ MODES = {"Standard": HPA_METRICS, "Knative": ("concurrency", "rps", *HPA_METRICS
 class Scaling:
     """Replicas and the autoscaling rule: ``Standard`` mode (a Deployment with a HorizontalPodAutoscaler) scales on
     cpu or memory utilization in percent; ``Knative`` also on concurrency (in-flight requests per pod) or rps with
-    its own autoscaler, which can scale to zero; cpu or memory there go through Knative's HPA class, which cannot."""
+    its own autoscaler, which can scale to zero; cpu or memory there go through Knative's HPA class, which cannot.
+    ``canary``: the percentage of requests for the revision these manifests make, the rest staying on the last one
+    rolled out (``canaryTrafficPercent``; KServe splits traffic between revisions in Knative mode only)."""
 
     min_replicas: int = 1
     max_replicas: int = 4
@@ -38,6 +40,7 @@ class Scaling:
     mode: str = "Standard"
     cpu: str = "2"
     memory: str = "4Gi"
+    canary: int | None = None
 
     def __post_init__(self):
         if self.mode not in MODES or self.metric not in MODES[self.mode]:
@@ -55,6 +58,11 @@ class Scaling:
         for option, value in (("--cpu", self.cpu), ("--memory", self.memory)):
             if not QUANTITY.match(str(value)) or quantity(value) <= 0:
                 raise ManifestError(f"{option} {value!r}: expected a positive Kubernetes quantity (2, 500m, 4Gi)")
+        if self.canary is not None and not 1 <= self.canary <= 99:
+            raise ManifestError(f"--canary {self.canary}: a percentage of the requests, 1..99")
+        if self.canary is not None and self.mode != "Knative":
+            raise ManifestError("--canary needs --mode Knative: KServe's canary rollout (canaryTrafficPercent) splits "
+                                f"traffic between revisions in Knative mode only, not {self.mode}")  # fmt: skip
 
     def resources(self) -> k8s.V1ResourceRequirements:
         amount = {"cpu": self.cpu, "memory": self.memory}
@@ -115,6 +123,7 @@ def inference_service(model: str, server: str, storage_uri: str, scaling: Scalin
         max_replicas=scaling.max_replicas,
         scale_metric=scaling.metric,
         scale_target=scaling.target,
+        canary_traffic_percent=scaling.canary,
     )
     return kserve.V1beta1InferenceService(
         api_version=f"{constants.KSERVE_GROUP}/{constants.KSERVE_V1BETA1_VERSION}",

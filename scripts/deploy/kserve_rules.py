@@ -18,7 +18,8 @@ Run on documents that passed ``kserve_schema.schema_errors``. KServe's, from kse
 This project's (``MAAS:`` in the messages' reasons), each a way a cluster fails where the API server says nothing:
 a storageUri listed by prefix ends in '/'; ``runAsNonRoot`` comes with a numeric ``runAsUser``; a Triton runtime
 mounts a memory ``/dev/shm`` smaller than the pod's memory limit; a TorchServe runtime sets ``PROTOCOL_VERSION``;
-only the containers KServe mounts the model into read ``/mnt/models``.
+only the containers KServe mounts the model into read ``/mnt/models``; ``canaryTrafficPercent``, 0..100, in Knative
+mode only (Standard ignores it, kserve/kserve#5335: the new version takes every request at once).
 """
 
 from __future__ import annotations
@@ -89,6 +90,13 @@ def component_errors(component: dict, path: str, mode: str | None, annotations: 
         errors.append(f"{path}.minReplicas: {low} is greater than maxReplicas {high}")
     if given(component, "containerConcurrency", 0) < 0:
         errors.append(f"{path}.containerConcurrency: cannot be less than 0")
+    canary = component.get("canaryTrafficPercent")
+    if canary is not None and mode == "Standard":
+        errors.append(f"{path}.canaryTrafficPercent: KServe splits traffic between revisions in Knative mode only "
+                      "(MAAS: Standard ignores it, and the new version takes every request at once)")  # fmt: skip
+    elif canary is not None and not 0 <= canary <= 100:
+        errors.append(f"{path}.canaryTrafficPercent: {canary} is not a percentage in 0..100 (MAAS: Knative's route, "
+                      "which KServe gives it to, refuses it)")  # fmt: skip
     return errors + autoscaling_errors(component, path, mode, annotations)
 
 

@@ -48,7 +48,9 @@ class TorchServeVersions:
         with zipfile.ZipFile(self.archive(model, default)) as archive:
             return json.loads(archive.read(f"artifact/{MANIFEST_NAME}"))
 
-    def deploy(self, artifact: Path, model: str, new_contract: bool = False) -> int:
+    def deploy(self, artifact: Path, model: str, new_contract: bool = False, canary: bool = False) -> int:
+        """Register the next version beside the others, probe it, make it the default and return it; with
+        ``canary``, it stays a version that is not the default (its share is sent to ``/predictions/<model>/<N>.0``)."""
         manifest = for_server(read_manifest(artifact), "torchserve", None)
         check_contract(manifest, self.served_manifest(model), model, new_contract)
         versions, _ = self.versions(model)
@@ -70,8 +72,18 @@ class TorchServeVersions:
                 why = f"HTTP {answer.status_code}: {answer.text[:200]}"
                 raise RolloutRefused(f"{model} version {version} failed its probe on TorchServe ({why}); it took no "
                                      "traffic")  # fmt: skip
-        self.set_default(model, version)
+        if not canary:
+            self.set_default(model, version)
         return version
+
+    def promote_canary(self, model: str, version: int) -> None:
+        self.set_default(model, version)
+
+    def end_canary(self, model: str, version: int) -> None:
+        self.withdraw(model, version, check=True)
+
+    def drop_canary(self, model: str) -> None:
+        """Nothing to drop: the promoted canary is the default version itself."""
 
     def set_default(self, model: str, version: int) -> None:
         self.management.put(f"/models/{model}/{version}.0/set-default").raise_for_status()

@@ -15,6 +15,8 @@ A 4xx (a bad request, a wrong key, an unknown model) is never retried: it is the
     response = client.predict("sentiment", json={"text": "What a delight!"})   # an httpx.Response
     triton = TritonClient("127.0.0.1:8001", protocol="grpc")
     result = triton.infer("sentiment", {"TEXT": np.array([[b"What a delight!"]], dtype=object)})
+
+With ``canary=CanarySplit()``, a client sends a running canary its share of the requests (``canary.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import httpx
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from scripts.serving.canary import CanarySplit
 from scripts.serving.keys import TritonAccess
 
 TORCHSERVE_TRANSIENT = {502, 503, 504, 507}
@@ -97,7 +100,10 @@ def infer_inputs(module, inputs: dict[str, np.ndarray]) -> list:
 class TorchServeClient:
     """TorchServe's REST inference API with retries; ``predict`` returns the final ``httpx.Response``."""
 
-    def __init__(self, url: str, key: str | None = None, policy: RetryPolicy | None = None, timeout: float = 10.0):
+    def __init__(self, url: str, key: str | None = None, policy: RetryPolicy | None = None, timeout: float = 10.0,
+                 canary: CanarySplit | None = None):  # fmt: skip
+        """``canary``: send a canary's share of the requests to it (``maas serve deploy --canary``)."""
+        self.canary = canary
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
         self.policy = policy or RetryPolicy()
@@ -105,8 +111,9 @@ class TorchServeClient:
     def predict(self, model: str, **request: Any) -> httpx.Response:
         """``request``: httpx's ``json=``, ``content=`` and ``headers=``."""
 
-        def call(left: float) -> httpx.Response:
-            return self.http.post(f"/predictions/{model}", timeout=min(left, self.http.timeout.read or left), **request)
+        def call(left: float) -> httpx.Response:  # routed per try: a retry follows a canary that has ended
+            path = self.canary.torchserve_path(model) if self.canary else f"/predictions/{model}"
+            return self.http.post(path, timeout=min(left, self.http.timeout.read or left), **request)
 
         return self.policy.run(call, torchserve_transient)
 
@@ -118,8 +125,11 @@ class TritonClient:
     """Triton's V2 inference over ``http`` or ``grpc`` with retries; ``infer`` returns tritonclient's result."""
 
     def __init__(self, url: str, protocol: str = "grpc", access: TritonAccess | None = None,
-                 policy: RetryPolicy | None = None, timeout: float = 10.0):  # fmt: skip
-        """``access``: the server's key (``read_triton_key()``), sent when inference is behind it."""
+                 policy: RetryPolicy | None = None, timeout: float = 10.0,
+                 canary: CanarySplit | None = None):  # fmt: skip
+        """``access``: the server's key (``read_triton_key()``), sent when inference is behind it; ``canary``: send a
+        canary's share of the requests to it (``maas serve deploy --canary``)."""
+        self.canary = canary
         if protocol == "grpc":
             import tritonclient.grpc as module
         else:
@@ -135,7 +145,8 @@ class TritonClient:
 
         def call(left: float) -> Any:
             timeout = {"client_timeout": min(left, self.timeout)} if self.protocol == "grpc" else {}
-            return self.client.infer(model, tensors, headers=self.headers, **timeout)
+            name = self.canary.triton_model(model) if self.canary else model
+            return self.client.infer(name, tensors, headers=self.headers, **timeout)
 
         return self.policy.run(call, triton_transient)
 

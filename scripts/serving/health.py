@@ -2,7 +2,9 @@
 
     maas serve status [torchserve|triton|both] [--json]      exit 0 when every model answered, 1 otherwise
 
-With Triton, the OpenAI frontend started beside it is probed too: each language model it lists, one token.
+With Triton, the OpenAI frontend started beside it is probed too: each language model it lists, one token. Each
+line names the version that answered; a running canary (``maas serve deploy --canary``) has a line of its own,
+``<model>-canary``, with its share (``maas serve versions`` lists every version loaded).
 
 Each model's probe (``scripts/serving/probe.py``: a held-out row written into the archive and the Triton model at
 build time) is sent to the model, without retries and with a short timeout; the model is healthy only when it
@@ -25,11 +27,12 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY
+from scripts.serving.canary import CANARY_FILE, CANARY_SUFFIX, canary_name, read_canaries
 from scripts.serving.client import infer_inputs
 from scripts.serving.keys import read_inference_key, read_triton_key
 from scripts.serving.openai_process import OPENAI_KEY_FILE, read_openai_key
 from scripts.serving.pod_probe import torchserve_body
-from scripts.serving.probe import GENERATE, torchserve_probes, triton_inputs, triton_probes
+from scripts.serving.probe import GENERATE, VERSION_HEADER, torchserve_probes, triton_inputs, triton_probes
 
 PROBE_TIMEOUT = 5.0
 
@@ -43,35 +46,49 @@ class ModelHealth:
     detail: str
 
 
-def torchserve_health(url: str, key: str | None, model_store: Path = MODEL_STORE,
-                      timeout: float = PROBE_TIMEOUT) -> list[ModelHealth]:  # fmt: skip
+def torchserve_health(url: str, key: str | None, model_store: Path = MODEL_STORE, timeout: float = PROBE_TIMEOUT,
+                      canary_file: Path | None = None) -> list[ModelHealth]:  # fmt: skip
+    """``canary_file``: a running canary (``maas serve deploy --canary``) is probed too, as ``<model>-canary``."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    canaries = read_canaries(canary_file).get("torchserve", {}) if canary_file else {}
     results = []
     with httpx.Client(base_url=url, headers=headers, timeout=timeout) as http:
         for model, probe in torchserve_probes(model_store).items():
-            start = time.perf_counter()
-            try:
-                if probe is None:
-                    response = http.get("/ping")
-                    ok, detail = response.status_code == 200, f"no probe in the archive: ping {response.status_code}"
-                else:
-                    body, content_type = torchserve_body(probe)
-                    response = http.post(f"/predictions/{model}", content=body, headers={"Content-Type": content_type})
-                    version = response.headers.get("X-Model-Version")  # the default version answers
-                    ok, detail = response.status_code == 200, f"HTTP {response.status_code}"
-                    detail += f", version {version}" if version else ""
-                    if not ok:
-                        detail += f": {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                ok, detail = False, f"{type(exc).__name__}: {exc}"
-            results.append(ModelHealth("torchserve", model, ok, _ms(start), detail))
+            results.append(_torchserve_probe(http, model, f"/predictions/{model}", probe))
+            if canary := canaries.get(model):
+                path = f"/predictions/{model}/{canary['version']}.0"
+                result = _torchserve_probe(http, canary_name(model), path, probe)
+                result.detail += _share(canaries, result.model)
+                results.append(result)
     return results
 
 
+def _torchserve_probe(http: httpx.Client, name: str, path: str, probe: dict | None) -> ModelHealth:
+    start = time.perf_counter()
+    try:
+        if probe is None:
+            response = http.get("/ping")
+            ok, detail = response.status_code == 200, f"no probe in the archive: ping {response.status_code}"
+        else:
+            body, content_type = torchserve_body(probe)
+            response = http.post(path, content=body, headers={"Content-Type": content_type})
+            version = response.headers.get(VERSION_HEADER)  # the version that answered
+            ok, detail = response.status_code == 200, f"HTTP {response.status_code}"
+            detail += f", version {version}" if version else ""
+            if not ok:
+                detail += f": {response.text[:200]}"
+    except httpx.HTTPError as exc:
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    return ModelHealth("torchserve", name, ok, _ms(start), detail)
+
+
 def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[str, str] | None = None,
-                  timeout: float = PROBE_TIMEOUT, probes: dict | None = None) -> list[ModelHealth]:  # fmt: skip
+                  timeout: float = PROBE_TIMEOUT, probes: dict | None = None,
+                  canary_file: Path | None = None) -> list[ModelHealth]:  # fmt: skip
     """``url``: host:port of Triton's HTTP endpoint; ``headers``: the access key when inference is restricted;
-    ``probes``: ``triton_probes(repository)`` already read (the supervisor reads them once)."""
+    ``probes``: ``triton_probes(repository)`` already read (the supervisor reads them once); ``canary_file``: the
+    canaries' shares, for their lines (a canary is the model ``<model>-canary``)."""
+    canaries = read_canaries(canary_file).get("triton", {}) if canary_file else {}
     client = triton_http.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
     results = []
     try:
@@ -90,6 +107,7 @@ def triton_health(url: str, repository: Path = TRITON_REPOSITORY, headers: dict[
                     inputs = infer_inputs(triton_http, triton_inputs(probe))
                     result = client.infer(model, inputs, headers=dict(headers or {}))
                     ok, detail = True, f"answered, version {result.get_response().get('model_version')}"
+                    detail += _share(canaries, model)
             except (InferenceServerException, OSError, httpx.HTTPError) as exc:
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
             results.append(ModelHealth("triton", model, ok, _ms(start), detail))
@@ -121,6 +139,12 @@ def openai_health(base_url: str, key: str) -> list[ModelHealth]:
     return results
 
 
+def _share(canaries: dict[str, dict], name: str) -> str:
+    """What a canary's health line adds: its share of the requests."""
+    canary = canaries.get(name.removesuffix(CANARY_SUFFIX)) if name.endswith(CANARY_SUFFIX) else None
+    return f", a canary of {canary['percent']:g}%" if canary else ""
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1e3, 1)
 
@@ -141,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             key = read_inference_key(REPO_ROOT)
         except (OSError, ValueError, KeyError):
             key = None  # not started here: every probe fails with the server's own answer
-        results += torchserve_health(args.torchserve, key, args.model_store)
+        results += torchserve_health(args.torchserve, key, args.model_store, canary_file=CANARY_FILE)
     if args.server in ("triton", "both"):
-        results += triton_health(args.triton_http, args.repository, read_triton_key().inference_headers())
+        headers = read_triton_key().inference_headers()
+        results += triton_health(args.triton_http, args.repository, headers, canary_file=CANARY_FILE)
         if OPENAI_KEY_FILE.exists():  # the frontend runs beside a tritonserver started here
             results += openai_health(args.openai, read_openai_key())
     if not results:  # nothing built: say so, not exit 1 in silence

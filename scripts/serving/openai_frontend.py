@@ -2,7 +2,7 @@
 
     python -m scripts.serving.openai_frontend --repository model_repository --triton-grpc 127.0.0.1:8001 \
         [--host 127.0.0.1 --port 9000] (--key-file run/openai_key.json | --key-env MAAS_OPENAI_KEY) \
-        [--triton-key-file run/triton_key.json | --triton-key-env MAAS_TRITON_KEY]
+        [--triton-key-file run/triton_key.json | --triton-key-env MAAS_TRITON_KEY] [--canary-file run/canary.json]
 
 ``maas serve start`` runs it beside tritonserver (base URL ``http://127.0.0.1:9000/v1``, key in run/openai_key.json).
 Routes: ``GET /v1/models``, ``POST /v1/completions`` and ``/v1/chat/completions`` (a bearer key, like TorchServe's
@@ -39,6 +39,7 @@ from handlers.generation.openai_api import (
     sse,
 )
 from handlers.generation.openai_reply import Reply
+from scripts.serving.canary import CanarySplit
 from scripts.serving.keys import TritonAccess
 from scripts.serving.openai_triton import TritonStream, language_models
 
@@ -47,7 +48,9 @@ NO_KEY = OpenAIError("a valid API key is needed: send it as 'Authorization: Bear
                      status=401)  # fmt: skip
 
 
-def create_app(models: dict[str, ModelCard], triton_grpc: str, key: str, triton_headers: dict | None = None) -> FastAPI:
+def create_app(models: dict[str, ModelCard], triton_grpc: str, key: str, triton_headers: dict | None = None,
+               canary: CanarySplit | None = None) -> FastAPI:  # fmt: skip
+    """``canary``: a running canary's share of the requests goes to ``<model>-canary`` (``canary.py``)."""
     app = FastAPI(title="maas OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     state = {"client": None}
 
@@ -94,7 +97,8 @@ def create_app(models: dict[str, ModelCard], triton_grpc: str, key: str, triton_
         except ServingError as exc:
             return failure(exc)
         reply = Reply(parsed)
-        stream = TritonStream(client(), parsed.model, parsed.choices, triton_headers or {})
+        target = canary.triton_model(parsed.model) if canary else parsed.model
+        stream = TritonStream(client(), target, parsed.choices, triton_headers or {})
         answers = watch(stream, request)
         if parsed.stream:
             return await start_stream(reply, answers)
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     triton_keys = parser.add_mutually_exclusive_group()
     triton_keys.add_argument("--triton-key-file", type=Path, help="Triton's key file, when inference is behind it")
     triton_keys.add_argument("--triton-key-env", help="environment variable holding Triton's key")
+    parser.add_argument("--canary-file", type=Path, help="run/canary.json: split requests to canaries as it says")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.triton_key_env:
@@ -176,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     triton_headers = access.inference_headers(grpc=True) if access and access.key else {}
     models = language_models(args.repository)
     log.info("serving %s on http://%s:%d/v1", ", ".join(models) or "no language model", args.host, args.port)
-    app = create_app(models, args.triton_grpc, read_key(args.key_file, args.key_env), triton_headers)
+    canary = CanarySplit(args.canary_file) if args.canary_file else None
+    app = create_app(models, args.triton_grpc, read_key(args.key_file, args.key_env), triton_headers, canary)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

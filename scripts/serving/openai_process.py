@@ -36,14 +36,18 @@ def read_openai_key(path: Path = OPENAI_KEY_FILE) -> str:
 
 
 def start_openai_frontend(repository: Path, triton_grpc: str, port: int, key_file: Path, log_file: Path,
-                          triton_key_file: Path | None = None, timeout: float = 120) -> OpenAIFrontend:  # fmt: skip
-    """Start the frontend on loopback and wait until it and Triton's language models are ready."""
+                          triton_key_file: Path | None = None, timeout: float = 120,
+                          canary_file: Path | None = None) -> OpenAIFrontend:  # fmt: skip
+    """Start the frontend on loopback and wait until it and Triton's language models are ready; ``canary_file``:
+    the canaries it splits requests to (``maas serve start`` passes run/canary.json)."""
     key = secrets.token_urlsafe(32)
     write_private(key_file, {"key": key})
     command = [sys.executable, "-m", "scripts.serving.openai_frontend", "--repository", str(repository),
                "--triton-grpc", triton_grpc, "--port", str(port), "--key-file", str(key_file)]  # fmt: skip
     if triton_key_file is not None and triton_key_file.exists():
         command += ["--triton-key-file", str(triton_key_file)]
+    if canary_file is not None:
+        command += ["--canary-file", str(canary_file)]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,

@@ -20,6 +20,7 @@ from handlers.artifact import read_manifest
 from handlers.errors import InternalError, ServingError
 from handlers.generation.openai_api import Choice, ModelCard
 from handlers.generation.service import TASK as TEXT_GENERATION
+from scripts.serving.canary import CANARY_SUFFIX
 
 
 def language_models(repository: Path) -> dict[str, ModelCard]:
@@ -28,6 +29,8 @@ def language_models(repository: Path) -> dict[str, ModelCard]:
 
     cards = {}
     for config in sorted(Path(repository).glob("*/config.pbtxt")):
+        if config.parent.name.endswith(CANARY_SUFFIX):  # a canary answers under its model's name
+            continue
         versions = sorted((p for p in config.parent.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         artifact = versions[-1] / "artifact" if versions else None
         if artifact is None or not (artifact / "pipeline.json").exists():

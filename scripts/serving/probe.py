@@ -25,6 +25,7 @@ from tritonclient.utils import triton_to_np_dtype
 
 PROBE_NAME = "probe.json"
 GENERATE = "triton_generate"
+VERSION_HEADER = "X-Model-Version"  # the version that answered, in TorchServe's answers (its handler sets it)
 VERSION_FILE = "__v"  # a version beside the first in the model store: <model>__v<N>.mar (maas serve deploy)
 
 

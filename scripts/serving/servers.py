@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts import REPO_ROOT, TRITON_REPOSITORY
+from scripts.serving.canary import CANARY_FILE
 from scripts.serving.keys import TRITON_KEY_FILE, bearer, read_inference_key
 from scripts.serving.openai_process import OPENAI_KEY_FILE, OPENAI_PID_FILE, read_openai_key, start_openai_frontend
 from scripts.serving.processes import RUN_DIR, TRITON_PID_FILE, alive, free_ports, stop_process, wait_ready
@@ -144,7 +145,7 @@ def start_triton_cli(repository: Path, ports: TritonPorts, protect_inference: bo
           f"access key in {TRITON_KEY_FILE}")  # fmt: skip
     started = time.perf_counter()
     frontend = start_openai_frontend(repository.resolve(), f"127.0.0.1:{ports.grpc}", openai_port, OPENAI_KEY_FILE,
-                                     LOG_DIR / "openai.log", TRITON_KEY_FILE)  # fmt: skip
+                                     LOG_DIR / "openai.log", TRITON_KEY_FILE, canary_file=CANARY_FILE)  # fmt: skip
     OPENAI_PID_FILE.write_text(str(frontend.process.pid))
     print(f"OpenAI-compatible API ready in {time.perf_counter() - started:.1f}s: {frontend.base_url}, "
           f"key in {OPENAI_KEY_FILE} (maas serve key openai), log {LOG_DIR / 'openai.log'}")  # fmt: skip

@@ -40,12 +40,14 @@ class FakeMetrics:
 
     def __init__(self):
         self.totals: dict[str, float] = {}
+        self.dimensions: dict[str, list] = {}
 
     def add_time(self, name, value, idx=None, unit="ms", dimensions=None, metric_type=None):
-        self.totals[name] = self.totals.get(name, 0) + value
+        self.add_counter(name, value, idx, dimensions)
 
     def add_counter(self, name, value, idx=None, dimensions=None):
         self.totals[name] = self.totals.get(name, 0) + value
+        self.dimensions[name] = [(d.name, d.value) for d in dimensions or []]
 
 
 def install_fake_pb_utils() -> types.ModuleType:

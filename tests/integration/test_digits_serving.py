@@ -151,7 +151,8 @@ def test_per_stage_timings_are_on_both_servers_metrics(torchserve, triton, pngs)
     triton_infer(triton_http, f"127.0.0.1:{triton.http}", pngs[:2])
     ts_metrics = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
     for name in ("MaasPreprocessMs", "MaasForwardMs", "MaasPostprocessMs", "MaasRows", "ts_queue_latency_microseconds"):
-        assert _metric_total(ts_metrics, name, 'ModelName="digits"' if name.startswith("Maas") else "digits") > 0
+        ours = ('ModelName="digits"', 'ModelVersion="1"')  # our handler's metrics carry the version that served
+        assert _metric_total(ts_metrics, name, *(ours if name.startswith("Maas") else ("digits",))) > 0
     triton_metrics = httpx.get(f"http://127.0.0.1:{triton.metrics}/metrics", timeout=10).text
     for stage in ("preprocess", "forward", "postprocess"):
         assert _metric_total(triton_metrics, "maas_stage_duration_ms_total", f'stage="{stage}"', 'model="digits"') > 0

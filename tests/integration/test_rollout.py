@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from scripts.deploy.rollout import deploy_version, end_canary_or_roll_back, promote_canary
 from scripts.deploy.torchserve_versions import TorchServeVersions
 from scripts.deploy.triton_versions import TritonVersions
 from scripts.deploy.version_rules import RolloutRefused
 from scripts.packaging.build import build
+from scripts.serving.canary import CanarySplit
+from scripts.serving.client import RetryPolicy, TorchServeClient, TritonClient
 from scripts.serving.keys import TritonAccess, bearer
 from scripts.serving.processes import free_ports, stop_process
 from scripts.serving.samples import digit_png
@@ -130,6 +133,100 @@ def test_deploy_refuse_rollback_and_retire_under_load_lose_nothing(servers, digi
         switches = [i for i in range(1, len(seen)) if seen[i] != seen[i - 1]]
         assert len(switches) <= 2, (server, switches)  # 1 -> 2 at the deploy, 2 -> 1 at the rollback: no flapping
     assert not list((triton.repository / "digits").glob("3")) and not list((triton.repository / "digits").glob("2"))
+    assert sorted(p.name for p in versions["torchserve"].model_store.glob("*.mar")) == ["digits.mar"]
+
+
+class SplitLoad(Load):
+    """Requests without a version through this package's clients, which send a canary its share, one after the
+    other on each server until stopped: each answer's phases (when sent and when answered), status, whether it
+    was routed to the canary, and the version that gave it."""
+
+    def __init__(self, torchserve, triton, png: bytes, canary_file):
+        super().__init__(torchserve, triton, png)
+        self.phase = {"torchserve": "before", "triton": "before"}
+        policy = RetryPolicy(attempts=1)  # a lost request shows as one
+        split = {server: CanarySplit(canary_file, seed=i) for i, server in enumerate(self.answers)}
+        self.torchserve = TorchServeClient(torchserve.inference_url, torchserve.inference_key, policy, 60,
+                                           split["torchserve"])  # fmt: skip
+        self.triton = TritonClient(f"127.0.0.1:{triton.http}", "http", policy=policy, timeout=60,
+                                   canary=split["triton"])  # fmt: skip
+        self.image = np.array([[png]], dtype=np.object_)
+
+    def ask(self, server: str) -> tuple[int, bool, str]:
+        if server == "torchserve":
+            response = self.torchserve.predict("digits", content=self.png, headers={"Content-Type": "image/png"})
+            routed = response.request.url.path != "/predictions/digits"
+            return response.status_code, routed, response.headers.get("X-Model-Version", "")
+        try:
+            answer = self.triton.infer("digits", {"IMAGE": self.image}).get_response()
+        except Exception as exc:
+            return 500, False, str(exc)[:200]
+        return 200, answer["model_name"] != "digits", answer["model_version"]
+
+    def run(self, server: str) -> None:
+        while not self.stopping.is_set():
+            sent = self.phase[server]
+            status, routed, version = self.ask(server)
+            self.answers[server].append((sent, self.phase[server], status, routed, version))
+
+    def within(self, server: str, phase: str) -> list[tuple]:
+        """Answers sent and answered in ``phase``."""
+        return [a for a in self.answers[server] if a[0] == a[1] == phase]
+
+    def wait_for(self, phase: str, count: int, limit: float = 90) -> None:
+        deadline = threading.Event()
+        for _ in range(int(limit * 10)):
+            if all(len(self.within(server, phase)) >= count for server in self.answers):
+                return
+            deadline.wait(0.1)
+
+
+def test_canary_share_promotion_and_rollbacks_under_load(servers, digits_artifact, held_out_digits, tmp_path):
+    """A canary of 25% on both servers: its share of the answers within a binomial bound, each answer from the
+    version it was routed to; promoted; a second canary ended; rolled back; nothing lost on the way."""
+    torchserve, triton, versions = servers
+    canary_file, share = tmp_path / "canary.json", 25
+
+    def canary(server, server_versions):
+        return deploy_version(server, server_versions, digits_artifact, "digits", canary=share, canary_file=canary_file)
+
+    steps = [
+        ("canary 2", 400, canary),
+        ("promoted", 20, lambda s, v: promote_canary(s, v, "digits", canary_file)),
+        ("canary 3", 20, canary),
+        ("canary ended", 20, lambda s, v: end_canary_or_roll_back(s, v, "digits", canary_file)),
+        ("rolled back", 20, lambda s, v: end_canary_or_roll_back(s, v, "digits", canary_file)),
+    ]
+    done = {server: [] for server in versions}
+    with SplitLoad(torchserve, triton, digit_png(held_out_digits[0][0]), canary_file) as load:
+        for phase, count, step in steps:
+            for server, server_versions in versions.items():
+                load.phase[server] = "moving"  # answers given while a step runs are not checked
+                done[server].append(step(server, server_versions))
+                load.phase[server] = phase
+                if phase == "canary 2":
+                    assert server_versions.versions("digits")[1] == 1  # the default did not move
+                    with pytest.raises(RolloutRefused, match="a canary of digits .version 2. is running"):
+                        step(server, server_versions)
+            load.wait_for(phase, count)
+        for server_versions in versions.values():
+            assert server_versions.retire("digits") == [2]
+    for server in versions:
+        assert done[server] == [2, 2, 3, "its canary, version 3, ended and unloaded", "rolled back to version 1"]
+    expected = {"canary 2": "1", "promoted": "2", "canary 3": "2", "canary ended": "2", "rolled back": "1"}
+    for server, answers in load.answers.items():
+        assert {status for _, _, status, _, _ in answers} == {200}, (server, [a for a in answers if a[2] != 200][:3])
+        for phase, version in expected.items():
+            within = load.within(server, phase)
+            assert within, (server, phase)
+            assert {v for _, _, _, routed, v in within if not routed} == {version}, (server, phase)
+            assert {v for _, _, _, routed, v in within if routed} <= ({phase[-1]} if "canary " in phase else set())
+        routed = [routed for _, _, _, routed, _ in load.within(server, "canary 2")]
+        n, hits = len(routed), sum(routed)
+        bound = 5 * (n * share / 100 * (1 - share / 100)) ** 0.5  # 5 standard deviations: a false alarm ~1e-6
+        assert abs(hits - n * share / 100) <= bound, (server, hits, n)
+        assert all(v == "2" for _, _, _, r, v in load.within(server, "canary 2") if r)
+    assert not (triton.repository / "digits-canary").exists() and not list((triton.repository / "digits").glob("3"))
     assert sorted(p.name for p in versions["torchserve"].model_store.glob("*.mar")) == ["digits.mar"]
 
 

@@ -36,6 +36,7 @@ def test_torchserve_handler_sets_status_per_request(built, held_out_digits):
     assert set(context.content_types.values()) == {"application/json"}
     assert all(context.headers[idx]["X-Model-Version"] == "1" for idx in range(3))  # the archive's 1.0
     assert context.metrics.totals["MaasRows"] == 2 and context.metrics.totals["MaasBatches"] == 1
+    assert context.metrics.dimensions["MaasRows"][0] == ("ModelVersion", "1")
     assert context.metrics.totals["MaasForwardMs"] > 0
 
 
