@@ -24,6 +24,10 @@ class ServingSettings:
     workers: int = 1  # processes running the model: TorchServe workers, Triton instances
     threads: int = 0  # intra-op threads of one forward pass; 0: the runtime's default
     response_timeout_s: int = 60  # TorchServe's per-request timeout
+    # The longest a request waits in Triton's queue for the model; past it, it is refused (503 "Request timeout
+    # expired", gRPC UNAVAILABLE) and never computed. A request may ask for less (its `timeout` parameter, in
+    # microseconds). 0: no limit. TorchServe cannot do this per request (docs/overload.md).
+    deadline_ms: float = 5000.0
     max_rows_per_request: int = 64  # a request with more rows is refused (413)
     max_text_chars: int = 20000  # a longer text is refused (413)
     top_k: int = 3  # labels (with probabilities) in a classification answer

@@ -69,13 +69,14 @@ def ensemble_configs(
     net_inputs, net_output = network_specs(artifact_dir, manifest)
     max_batch = manifest.serving.max_batch_size
     delay_us = round(manifest.serving.max_batch_delay_ms * 1000)
+    deadline_us = round(manifest.serving.deadline_ms * 1000)  # each stage's queue
 
     def model(model_name: str, inputs, outputs, stage: str | None) -> mc.ModelConfig:
         config = mc.ModelConfig(name=model_name, max_batch_size=max_batch)
         config.input.extend(tensor_message(mc.ModelInput, s) for s in inputs)
         config.output.extend(tensor_message(mc.ModelOutput, s) for s in outputs)
         config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
-        add_dynamic_batching(config, delay_us)
+        add_dynamic_batching(config, delay_us, deadline_us)
         if stage:
             config.backend = "python"
             config.parameters["maas_stage"].string_value = stage

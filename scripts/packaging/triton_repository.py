@@ -40,7 +40,7 @@ def model_config(
         config.input.append(tensor_message(mc.ModelInput, spec))
     for spec in task.output_specs(manifest):
         config.output.append(tensor_message(mc.ModelOutput, spec))
-    add_dynamic_batching(config, round(serving.max_batch_delay_ms * 1000))
+    add_dynamic_batching(config, round(serving.max_batch_delay_ms * 1000), round(serving.deadline_ms * 1000))
     config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
     # A task may publish what a client needs to know (the tabular feature schema) in the config, through an
     # optional classmethod ``config_parameters(manifest) -> dict[str, str]``.
@@ -50,12 +50,19 @@ def model_config(
     return config
 
 
-def add_dynamic_batching(config: mc.ModelConfig, delay_us: int) -> None:
+def add_dynamic_batching(config: mc.ModelConfig, delay_us: int, deadline_us: int = 0) -> None:
+    """``deadline_us``: a request still queued after it is refused, uncomputed (0: none); a request may set a
+    shorter ``timeout`` (Triton honours one only below a non-zero default)."""
     if config.max_batch_size > 1:  # with a single row per execute there is nothing to batch
         # Measured (reports/benchmark.md): no added delay is best; requests that queue while the instance is busy
         # still form the next batch. SetInParent keeps an all-default dynamic_batching block present.
         config.dynamic_batching.SetInParent()
         config.dynamic_batching.max_queue_delay_microseconds = delay_us
+        if deadline_us > 0:
+            policy = config.dynamic_batching.default_queue_policy
+            policy.timeout_action = mc.ModelQueuePolicy.REJECT
+            policy.default_timeout_microseconds = deadline_us
+            policy.allow_timeout_override = True
 
 
 def tensor_message(message_type, spec: TensorSpec):

@@ -35,7 +35,8 @@ from scripts.serving.canary import CanarySplit
 from scripts.serving.keys import TritonAccess
 
 TORCHSERVE_TRANSIENT = {502, 503, 504, 507}
-TRITON_TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "is not ready", "has no available versions")
+TRITON_TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "is not ready", "has no available versions",
+                    "Request timeout expired")  # fmt: skip
 
 
 @dataclass
@@ -146,7 +147,8 @@ class TritonClient:
         def call(left: float) -> Any:
             timeout = {"client_timeout": min(left, self.timeout)} if self.protocol == "grpc" else {}
             name = self.canary.triton_model(model) if self.canary else model
-            return self.client.infer(name, tensors, headers=self.headers, **timeout)
+            # the time left, as the request's queue timeout: Triton refuses it uncomputed once nobody waits for it
+            return self.client.infer(name, tensors, headers=self.headers, timeout=int(left * 1e6), **timeout)
 
         return self.policy.run(call, triton_transient)
 

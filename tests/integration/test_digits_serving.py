@@ -152,14 +152,14 @@ def test_per_stage_timings_are_on_both_servers_metrics(torchserve, triton, pngs)
     ts_metrics = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10).text
     for name in ("MaasPreprocessMs", "MaasForwardMs", "MaasPostprocessMs", "MaasRows", "ts_queue_latency_microseconds"):
         ours = ('ModelName="digits"', 'ModelVersion="1"')  # our handler's metrics carry the version that served
-        assert _metric_total(ts_metrics, name, *(ours if name.startswith("Maas") else ("digits",))) > 0
+        assert metric_total(ts_metrics, name, *(ours if name.startswith("Maas") else ("digits",))) > 0
     triton_metrics = httpx.get(f"http://127.0.0.1:{triton.metrics}/metrics", timeout=10).text
     for stage in ("preprocess", "forward", "postprocess"):
-        assert _metric_total(triton_metrics, "maas_stage_duration_ms_total", f'stage="{stage}"', 'model="digits"') > 0
-    assert _metric_total(triton_metrics, "nv_inference_queue_duration_us", 'model="digits"') > 0
+        assert metric_total(triton_metrics, "maas_stage_duration_ms_total", f'stage="{stage}"', 'model="digits"') > 0
+    assert metric_total(triton_metrics, "nv_inference_queue_duration_us", 'model="digits"') > 0
 
 
-def _metric_total(text: str, name: str, *fragments: str) -> float:
+def metric_total(text: str, name: str, *fragments: str) -> float:
     """Sum of a Prometheus metric's samples whose label set holds every fragment."""
     return sum(
         float(line.rsplit(" ", 1)[1])

@@ -1,0 +1,94 @@
+"""Deadlines and overload on the real servers: a request past its deadline is refused uncomputed (Triton's queue
+policy, ``serving.deadline_ms`` and the request's ``timeout``), and a burst leaves both servers answering."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+
+from scripts.serving.keys import bearer
+from tests.integration.test_digits_serving import metric_total
+
+pytestmark = pytest.mark.models("sentiment")
+TEXT = b"A gorgeous, witty and deeply moving film; the best I have seen this year."
+
+
+def in_parallel(threads: int, each: int, call) -> Counter:
+    """``call()`` ``each`` times on each of ``threads`` threads; how often each outcome came back."""
+    outcomes, lock = Counter(), threading.Lock()
+
+    def work():
+        for _ in range(each):
+            outcome = call()
+            with lock:
+                outcomes[outcome] += 1
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    return outcomes
+
+
+def test_triton_refuses_a_request_past_its_deadline_without_computing_it(triton):
+    metrics_url = f"http://127.0.0.1:{triton.metrics}/metrics"
+    scrape = lambda: httpx.get(metrics_url, timeout=10).text  # noqa: E731
+    before = scrape()
+    local = threading.local()
+
+    def ask() -> str:  # each thread its own client; a 1 µs deadline: refused whenever it had to queue
+        if not hasattr(local, "client"):
+            local.client = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
+        text = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[TEXT]], dtype=np.object_))
+        try:
+            local.client.infer("sentiment", [text], timeout=1)
+            return "answered"
+        except Exception as exc:
+            return f"{exc.status()} {exc.message()}"
+
+    outcomes = in_parallel(16, 20, ask)
+    refused = outcomes["StatusCode.UNAVAILABLE Request timeout expired"]
+    assert refused + outcomes["answered"] == 320, outcomes  # nothing else: no 500, no hang
+    assert refused > 0, outcomes  # 16 clients at once: most requests queue behind a forward pass
+    rows = ("maas_rows_total", 'model="sentiment"')
+    rejections = ("nv_inference_request_failure", 'model="sentiment"', 'reason="REJECTED"')
+    for _ in range(50):  # the counters move a moment after the answers
+        after = scrape()
+        computed = metric_total(after, *rows) - metric_total(before, *rows)
+        rejected = metric_total(after, *rejections) - metric_total(before, *rejections)
+        if computed == outcomes["answered"] and rejected == refused:
+            break
+        time.sleep(0.1)
+    assert computed == outcomes["answered"], "a refused request reached the model"  # one row per answered request
+    assert rejected == refused
+    answered = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
+    text = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[TEXT]], dtype=np.object_))
+    assert answered.infer("sentiment", [text]).as_numpy("LABEL")[0][0] == b"positive"  # the default deadline: 5 s
+
+
+def test_a_burst_on_torchserve_is_answered_or_refused_and_leaves_it_answering(torchserve):
+    """160 clients at once against a queue of 100 (job_queue_size): each request is answered 200 or refused with
+    503, never 500 or left hanging; afterwards TorchServe answers as before."""
+    headers = {**bearer(torchserve.inference_key), "Content-Type": "application/json"}
+    body = b'{"text": "' + TEXT + b'"}'
+    local = threading.local()
+
+    def ask() -> int:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=60)
+        return local.client.post(f"{torchserve.inference_url}/predictions/sentiment", content=body,
+                                 headers=headers).status_code  # fmt: skip
+
+    outcomes = in_parallel(160, 5, ask)
+    assert set(outcomes) <= {200, 503} and outcomes[200] > 0, outcomes
+    assert httpx.post(f"{torchserve.inference_url}/predictions/sentiment", content=body, headers=headers,
+                      timeout=30).json()["label"] == "positive"  # fmt: skip
