@@ -26,8 +26,9 @@ class ServingSettings:
     response_timeout_s: int = 60  # TorchServe's per-request timeout
     # The longest a request waits in Triton's queue for the model; past it, it is refused (503 "Request timeout
     # expired", gRPC UNAVAILABLE) and never computed. A request may ask for less (its `timeout` parameter, in
-    # microseconds). 0: no limit. TorchServe cannot do this per request (docs/overload.md).
-    deadline_ms: float = 5000.0
+    # microseconds). 0 (the default): no limit, since any Triton 2.51 queue policy stalls its batcher ~0.5 s at a
+    # time (docs/overload.md). TorchServe cannot do this per request.
+    deadline_ms: float = 0.0
     max_rows_per_request: int = 64  # a request with more rows is refused (413)
     max_text_chars: int = 20000  # a longer text is refused (413)
     top_k: int = 3  # labels (with probabilities) in a classification answer

@@ -23,6 +23,7 @@
     maas bench serving|formats|int8      the benchmarks (reports/)
     maas bench profile                   py-spy on each server's worker under wrk load (reports/profile/)
     maas bench ab --a KEY=V [--b KEY=V]  two serving settings served at once, measured interleaved (reports/ab/)
+    maas bench overload                  each server at 0.5-4x its capacity, open loop: goodput, refusals, p99
     maas bench compression               a model and its compressed students: size, accuracy, speed (reports/)
     maas bench train-image               maas train image's recipes vs a plain CNN on generated folders (reports/)
     maas bench generate ARTIFACT         a language model's tokens/s, TTFT, ITL: served, in process, naive, static
@@ -69,6 +70,7 @@ COMMANDS = {
     ("bench", "formats"): "scripts.benchmarking.benchmark_formats",
     ("bench", "int8"): "scripts.benchmarking.int8_recipes",
     ("bench", "profile"): "scripts.benchmarking.profile_servers",
+    ("bench", "overload"): "scripts.benchmarking.overload",
     ("bench", "ab"): "scripts.benchmarking.ab",
     ("bench", "compression"): "scripts.benchmarking.compression_table",
     ("bench", "train-image"): "scripts.benchmarking.train_image_bench",

@@ -97,8 +97,10 @@ def tree_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def run_wrk(target: HttpTarget, concurrency: int, seconds: float, offset: int, workdir: Path) -> tuple[dict, float]:
-    """One wrk run: its JSON summary and the CPU seconds wrk used."""
+def run_wrk(target: HttpTarget, concurrency: int, seconds: float, offset: int, workdir: Path, script: str = SCRIPT,
+            extra: tuple[str, ...] = ()) -> tuple[dict, float]:  # fmt: skip
+    """One wrk run: its JSON summary and the CPU seconds wrk used; ``script`` (Lua) gets the bodies' listing, the
+    offset and ``extra`` as its arguments."""
     listing = workdir / "bodies.tsv"
     if not listing.exists():
         lines = []
@@ -107,10 +109,11 @@ def run_wrk(target: HttpTarget, concurrency: int, seconds: float, offset: int, w
             path.write_bytes(body)
             lines.append(f"{path}\t{'' if json_size is None else json_size}")
         listing.write_text("\n".join(lines) + "\n")
-        (workdir / "maas.lua").write_text(SCRIPT)
+    (workdir / "maas.lua").write_text(script)
     headers = [flag for name, value in target.headers.items() for flag in ("-H", f"{name}: {value}")]
     command = [ensure_wrk(), "-t1", f"-c{concurrency}", f"-d{max(seconds, 1):.0f}s", "--latency", "--timeout", "60s",
-               *headers, "-s", str(workdir / "maas.lua"), target.url, "--", str(listing), str(offset)]  # fmt: skip
+               *headers, "-s", str(workdir / "maas.lua"), target.url, "--", str(listing), str(offset),
+               *extra]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = process.stdout.read().decode(errors="replace")
     _, status, usage = os.wait4(process.pid, 0)  # reaps wrk and returns the kernel's account of its CPU time

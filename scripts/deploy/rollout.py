@@ -124,8 +124,7 @@ def end_share(server: str, model: str, canary_file: Path) -> None:
 
 
 def arguments() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maas serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["deploy", "promote", "rollback", "retire", "versions"])
     parser.add_argument("target", nargs="?", help="deploy: an artifact directory; the others: a model name")
     parser.add_argument("--name", help="deploy: the served model name (default: the artifact's)")

@@ -43,6 +43,8 @@ MODELS = {
     **{f"lm_{k}": (lambda get, k=k: get("lm_artifacts")[k], {}) for k in LM_KINDS},
     **{f"{n}_{f}": (lambda get, n=n, f=f: get("exported")(n, f), {}) for n, f in SERVED_EXPORTS},
     **{f"{n}_ensemble": (lambda get, n=n, f=f: get("exported")(n, f), ENSEMBLE) for n, f in SERVED_ENSEMBLES},
+    # Triton only, with a deadline (serving.deadline_ms: off by default)
+    "sentiment_deadline": (lambda get: get("text_artifact"), {"model_store": None, "serving": {"deadline_ms": 5000}}),
 }
 SERVERS = {"built_models", "torchserve", "triton"}
 

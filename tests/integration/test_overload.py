@@ -1,5 +1,6 @@
 """Deadlines and overload on the real servers: a request past its deadline is refused uncomputed (Triton's queue
-policy, ``serving.deadline_ms`` and the request's ``timeout``), and a burst leaves both servers answering."""
+policy, ``serving.deadline_ms`` and the request's ``timeout``: the model ``sentiment_deadline`` is built with a 5 s
+deadline), and a burst leaves TorchServe answering."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import tritonclient.grpc as triton_grpc
 from scripts.serving.keys import bearer
 from tests.integration.test_digits_serving import metric_total
 
-pytestmark = pytest.mark.models("sentiment")
+pytestmark = pytest.mark.models("sentiment", "sentiment_deadline")
 TEXT = b"A gorgeous, witty and deeply moving film; the best I have seen this year."
 
 
@@ -49,7 +50,7 @@ def test_triton_refuses_a_request_past_its_deadline_without_computing_it(triton)
         text = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
         text.set_data_from_numpy(np.array([[TEXT]], dtype=np.object_))
         try:
-            local.client.infer("sentiment", [text], timeout=1)
+            local.client.infer("sentiment_deadline", [text], timeout=1)
             return "answered"
         except Exception as exc:
             return f"{exc.status()} {exc.message()}"
@@ -58,8 +59,8 @@ def test_triton_refuses_a_request_past_its_deadline_without_computing_it(triton)
     refused = outcomes["StatusCode.UNAVAILABLE Request timeout expired"]
     assert refused + outcomes["answered"] == 320, outcomes  # nothing else: no 500, no hang
     assert refused > 0, outcomes  # 16 clients at once: most requests queue behind a forward pass
-    rows = ("maas_rows_total", 'model="sentiment"')
-    rejections = ("nv_inference_request_failure", 'model="sentiment"', 'reason="REJECTED"')
+    rows = ("maas_rows_total", 'model="sentiment_deadline"')
+    rejections = ("nv_inference_request_failure", 'model="sentiment_deadline"', 'reason="REJECTED"')
     for _ in range(50):  # the counters move a moment after the answers
         after = scrape()
         computed = metric_total(after, *rows) - metric_total(before, *rows)
@@ -72,7 +73,7 @@ def test_triton_refuses_a_request_past_its_deadline_without_computing_it(triton)
     answered = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
     text = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
     text.set_data_from_numpy(np.array([[TEXT]], dtype=np.object_))
-    assert answered.infer("sentiment", [text]).as_numpy("LABEL")[0][0] == b"positive"  # the default deadline: 5 s
+    assert answered.infer("sentiment_deadline", [text]).as_numpy("LABEL")[0][0] == b"positive"  # within 5 s
 
 
 def test_a_burst_on_torchserve_is_answered_or_refused_and_leaves_it_answering(torchserve):

@@ -44,6 +44,11 @@ CASES = [
     ("serve status torchserve --model-store {tmp}/empty", "{tmp}/empty"),
     ("soak --requests 0", "--requests"),
     ("soak --time-limit 0", "--time-limit"),
+    ("soak --deploy /no/such", "/no/such"),
+    ("soak --deploy {artifact} --canary 100", "--canary"),
+    ("serve deploy {artifact} --canary 0", "--canary"),
+    ("serve promote", "model name"),
+    ("bench overload --seconds 0", "--seconds"),
     ("samples", "key_file.json"),  # no TorchServe started from the checkout (REPO_ROOT is moved to {tmp} below)
     ("bench formats --models nosuch", "nosuch"),
     ("bench formats --formats tensorrt", "tensorrt"),

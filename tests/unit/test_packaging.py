@@ -51,9 +51,7 @@ def test_triton_config_is_valid_by_schema(digits_artifact, tmp_path):
     assert [o.name for o in config.output] == ["LABEL", "PROBABILITY", "PROBABILITIES"]
     assert config.output[2].dims == [10]
     assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 0
-    policy = config.dynamic_batching.default_queue_policy  # serving.deadline_ms: 5 s queued at most, or less asked
-    assert (policy.timeout_action, policy.default_timeout_microseconds, policy.allow_timeout_override) == (
-        mc.ModelQueuePolicy.REJECT, 5_000_000, True)  # fmt: skip
+    assert not config.dynamic_batching.HasField("default_queue_policy")  # serving.deadline_ms is off by default
     assert config.parameters["EXECUTION_ENV_PATH"].string_value == str(tmp_path / "env")
     version = tmp_path / "digits" / "1"
     assert (version / "model.py").is_file() and (version / "handlers" / "triton_model.py").is_file()
@@ -68,9 +66,12 @@ def test_per_server_settings_and_the_naive_build(digits_artifact, tmp_path):
     with zipfile.ZipFile(tmp_path / "store" / "naive.mar") as mar:
         assert yaml.safe_load(mar.read("model-config.yaml"))["batchSize"] == 1
 
-    build(digits_artifact, tmp_path / "store", tmp_path / "repo", name="two", serving={"workers": 2, "deadline_ms": 0})
+    two_settings = {"workers": 2, "deadline_ms": 5000}
+    build(digits_artifact, tmp_path / "store", tmp_path / "repo", name="two", serving=two_settings)
     two = text_format.Parse((tmp_path / "repo" / "two" / "config.pbtxt").read_text(), mc.ModelConfig())
-    assert not two.dynamic_batching.HasField("default_queue_policy")  # deadline_ms 0: no limit
+    policy = two.dynamic_batching.default_queue_policy  # 5 s queued at most, or less when a request asks
+    assert (policy.timeout_action, policy.default_timeout_microseconds, policy.allow_timeout_override) == (
+        mc.ModelQueuePolicy.REJECT, 5_000_000, True)  # fmt: skip
     assert [(g.kind, g.count) for g in two.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
     with zipfile.ZipFile(tmp_path / "store" / "two.mar") as mar:
         config = yaml.safe_load(mar.read("model-config.yaml"))
