@@ -14,6 +14,7 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
+from handlers.deadline import DeadlineExceeded, header, run_unexpired
 from handlers.log_limit import rate_limited
 from handlers.tasks import load_pipeline
 
@@ -48,7 +49,12 @@ class MaasHandler:
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
-        answers = self.pipeline.handle_json([request_body(request) for request in data])
+        def run(keep: list[int]) -> list:
+            return self.pipeline.handle_json([request_body(data[i]) for i in keep])
+
+        deadlines = [header(context.get_all_request_header(idx)) for idx in range(len(data))]
+        answers = run_unexpired(deadlines, run, lambda refused: (refused.http_status, {"error": refused.to_json()}))
+        expired = sum(status == DeadlineExceeded.http_status for status, _ in answers)  # only a deadline gives 504
         responses = []
         for idx, (status, body) in enumerate(answers):
             if status != 200:  # {"error": {...}}, or {"error": "..."} for an Open Inference Protocol request
@@ -57,14 +63,18 @@ class MaasHandler:
             context.set_response_content_type(idx, "application/json")
             context.set_response_header(idx, VERSION_HEADER, self.version)
             responses.append(json.dumps(body))
-        self.record_metrics(context, len(data))
+        self.record_metrics(context, len(data) - expired, expired)
         return responses
 
-    def record_metrics(self, context, requests: int) -> None:
+    def record_metrics(self, context, requests: int, expired: int) -> None:
         """Cumulative per-stage time and row counts (Prometheus counters with ``model_metrics_auto_detect``);
         TorchServe itself reports queue time (``ts_queue_latency_microseconds``). Never fails a batch."""
         timings = self.pipeline.last_timings
         try:
+            if expired:
+                context.metrics.add_counter("MaasExpired", expired, None, self.dimensions)
+            if not requests:  # every request had expired: the pipeline did not run
+                return
             for stage, ms in timings.stages().items():
                 context.metrics.add_time(f"Maas{stage.title()}Ms", ms, None, "ms", self.dimensions, MetricTypes.COUNTER)
             context.metrics.add_counter("MaasRows", timings.rows, None, self.dimensions)

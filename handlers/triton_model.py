@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from handlers.deadline import DEADLINE_PARAMETER, DeadlineExceeded, run_unexpired
 from handlers.log_limit import rate_limited
 from handlers.pipeline import BatchTimings
 from handlers.tasks import load_pipeline
@@ -44,20 +45,34 @@ class TritonPythonModel:
             stage: self.stage_family.Metric(labels={**model, "stage": stage}) for stage in BatchTimings().stages()
         }
         self.rows_metric = self.rows_family.Metric(labels=model)
+        self.expired_family = pb_utils.MetricFamily(  # kept: a Metric outliving its family fails every increment
+            name="maas_expired_total", description="Requests refused uncomputed: their deadline had passed",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )  # fmt: skip
+        self.expired_metric = self.expired_family.Metric(labels=model)
         self.pending = {**BatchTimings().stages(), "rows": 0}
         self.flushed_at = 0.0
 
     def execute(self, requests: list) -> list:
-        outcomes = self.pipeline.handle_tensors([read_inputs(r, self.input_names) for r in requests])
-        self.record_metrics()
+        def run(keep: list[int]) -> list:
+            return self.pipeline.handle_tensors([read_inputs(requests[i], self.input_names) for i in keep])
+
+        outcomes = run_unexpired([request_deadline(r) for r in requests], run, lambda refused: refused)
+        expired = sum(isinstance(outcome, DeadlineExceeded) for outcome in outcomes)
+        self.record_metrics(ran=expired < len(requests), expired=expired)
         return respond(outcomes, self.output_dtypes)
 
-    def record_metrics(self) -> None:
+    def record_metrics(self, ran: bool = True, expired: int = 0) -> None:
         """Add this batch's stage times and rows, sent to the server at most every ``METRICS_FLUSH_S``: each
         ``increment`` is a round trip to the server (4 per batch cost 0.34 ms, on every answer's path), so a
         counter may lag by that long, or until the next batch after an idle spell. Metrics never fail a batch:
-        a fault here is logged, and the answers still go out."""
+        a fault here is logged, and the answers still go out. ``ran``: the pipeline ran (not when every request of
+        the batch had expired); ``expired``: requests refused for their deadline, counted at once."""
         try:
+            if expired:
+                self.expired_metric.increment(expired)
+            if not ran:
+                return
             timings = self.pipeline.last_timings
             for stage, ms in timings.stages().items():
                 self.pending[stage] += ms
@@ -106,6 +121,14 @@ def device(args: dict) -> str:
 def output_dtypes(config: dict) -> dict:
     """Output dtypes, read once from the config, so answers always match what the config declares."""
     return {spec["name"]: pb_utils.triton_string_to_numpy(spec["data_type"]) for spec in config["output"]}
+
+
+def request_deadline(request):
+    """The request's ``deadline`` parameter (Unix ms), or None."""
+    try:
+        return json.loads(request.parameters() or "{}").get(DEADLINE_PARAMETER)
+    except (AttributeError, ValueError):
+        return None
 
 
 def read_inputs(request, names: list[str]) -> dict[str, np.ndarray]:

@@ -8,7 +8,9 @@ Inference here is idempotent, so a request that failed for a transient reason ca
   ``Stub process '...' is not healthy`` (the model's stub died; ``maas serve start`` reloads the model within
   seconds), a model that is reloading (not ready / unavailable).
 
-A 4xx (a bad request, a wrong key, an unknown model) is never retried: it is the answer. Each retry waits
+A 4xx (a bad request, a wrong key, an unknown model) is never retried: it is the answer. Each try carries the
+request's deadline (TorchServe: the header ``X-Request-Deadline``; Triton: the parameter ``deadline``, and its
+``timeout``), so a server does not compute what the client no longer waits for. Each retry waits
 ``backoff * 2**attempt`` seconds (at most ``max_backoff``, with jitter), and no request outlives its ``deadline``.
 
     client = TorchServeClient("http://127.0.0.1:8080", key=read_inference_key(Path(".")))
@@ -31,6 +33,7 @@ import httpx
 import numpy as np
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from handlers.deadline import DEADLINE_HEADER, DEADLINE_PARAMETER
 from scripts.serving.canary import CanarySplit
 from scripts.serving.keys import TritonAccess
 
@@ -88,6 +91,11 @@ def triton_transient(outcome: Any) -> bool:
     return isinstance(outcome, (ConnectionError, OSError, httpx.TransportError))
 
 
+def unix_ms(seconds_from_now: float) -> str:
+    """A deadline as the servers read it: Unix time in milliseconds (``handlers/deadline.py``)."""
+    return str(int((time.time() + seconds_from_now) * 1e3))
+
+
 def infer_inputs(module, inputs: dict[str, np.ndarray]) -> list:
     """tritonclient's ``InferInput`` objects (of ``module``: tritonclient.http or .grpc) for numpy arrays."""
     tensors = []
@@ -114,7 +122,9 @@ class TorchServeClient:
 
         def call(left: float) -> httpx.Response:  # routed per try: a retry follows a canary that has ended
             path = self.canary.torchserve_path(model) if self.canary else f"/predictions/{model}"
-            return self.http.post(path, timeout=min(left, self.http.timeout.read or left), **request)
+            headers = {**request.get("headers", {}), DEADLINE_HEADER: unix_ms(left)}  # refused uncomputed after it
+            sent = {**request, "headers": headers}
+            return self.http.post(path, timeout=min(left, self.http.timeout.read or left), **sent)
 
         return self.policy.run(call, torchserve_transient)
 
@@ -147,8 +157,9 @@ class TritonClient:
         def call(left: float) -> Any:
             timeout = {"client_timeout": min(left, self.timeout)} if self.protocol == "grpc" else {}
             name = self.canary.triton_model(model) if self.canary else model
-            # the time left, as the request's queue timeout: Triton refuses it uncomputed once nobody waits for it
-            return self.client.infer(name, tensors, headers=self.headers, timeout=int(left * 1e6), **timeout)
+            # the time left, as the request's deadline (and queue timeout): refused uncomputed once nobody waits
+            return self.client.infer(name, tensors, headers=self.headers, timeout=int(left * 1e6),
+                                     parameters={DEADLINE_PARAMETER: int(unix_ms(left))}, **timeout)  # fmt: skip
 
         return self.policy.run(call, triton_transient)
 

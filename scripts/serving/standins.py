@@ -7,6 +7,7 @@ not the servers: the integration tests run the real TorchServe and tritonserver.
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -17,8 +18,9 @@ class FakeContext:
     """TorchServe's Context as a handler sees it: system properties, the archive's manifest, and per-request
     status, content type and headers."""
 
-    def __init__(self, model_dir: str, version: str = "1.0"):
+    def __init__(self, model_dir: str, version: str = "1.0", request_headers: list[dict] | None = None):
         self.system_properties = {"model_dir": model_dir, "gpu_id": None}
+        self.request_headers = request_headers or []
         self.manifest = {"model": {"modelVersion": version}}
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
@@ -33,6 +35,9 @@ class FakeContext:
 
     def set_response_header(self, idx: int, key: str, value: str) -> None:
         self.headers.setdefault(idx, {})[key] = value
+
+    def get_all_request_header(self, idx: int) -> dict[str, str]:
+        return self.request_headers[idx] if idx < len(self.request_headers) else {}
 
 
 class FakeMetrics:
@@ -70,7 +75,7 @@ def install_fake_pb_utils() -> types.ModuleType:
             return self._array
 
     class TritonError:
-        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+        INVALID_ARG, INTERNAL, UNAVAILABLE = "INVALID_ARG", "INTERNAL", "UNAVAILABLE"
 
         def __init__(self, message, code=INTERNAL):
             self._message, self._code = message, code
@@ -82,8 +87,11 @@ def install_fake_pb_utils() -> types.ModuleType:
             return self._code
 
     class InferenceRequest:
-        def __init__(self, inputs):
-            self.inputs = inputs
+        def __init__(self, inputs, parameters=None):
+            self.inputs, self._parameters = inputs, parameters or {}
+
+        def parameters(self):  # the real one returns the request's parameters as a JSON string
+            return json.dumps(self._parameters)
 
     class InferenceResponse:
         def __init__(self, output_tensors=None, error=None):

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
 
 from scripts.serving.keys import bearer
 from tests.integration.test_digits_serving import metric_total
@@ -93,3 +94,23 @@ def test_a_burst_on_torchserve_is_answered_or_refused_and_leaves_it_answering(to
     assert set(outcomes) <= {200, 503} and outcomes[200] > 0, outcomes
     assert httpx.post(f"{torchserve.inference_url}/predictions/sentiment", content=body, headers=headers,
                       timeout=30).json()["label"] == "positive"  # fmt: skip
+
+
+def test_a_request_whose_deadline_passed_is_refused_by_both_servers_uncomputed(torchserve, triton):
+    """The client's deadline (Unix ms): TorchServe's header, Triton's request parameter; checked per request by our
+    adapters before any preprocessing (handlers/deadline.py)."""
+    past, future = int(time.time() * 1e3) - 10, int(time.time() * 1e3) + 60_000
+    headers = {**bearer(torchserve.inference_key), "Content-Type": "application/json"}
+    url = f"{torchserve.inference_url}/predictions/sentiment"
+    body = b'{"text": "' + TEXT + b'"}'
+    refused = httpx.post(url, content=body, headers={**headers, "X-Request-Deadline": str(past)}, timeout=30)
+    assert refused.status_code == 504 and "not computed" in refused.json()["error"]["message"]
+    answered = httpx.post(url, content=body, headers={**headers, "X-Request-Deadline": str(future)}, timeout=30)
+    assert answered.status_code == 200 and answered.json()["label"] == "positive"
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
+    text = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[TEXT]], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="not computed") as late:
+        client.infer("sentiment", [text], parameters={"deadline": past})
+    assert late.value.status() == "StatusCode.UNAVAILABLE"
+    assert client.infer("sentiment", [text], parameters={"deadline": future}).as_numpy("LABEL")[0][0] == b"positive"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 
 import numpy as np
@@ -100,3 +101,36 @@ def test_triton_metrics_are_sent_at_most_every_flush_interval_and_none_is_lost(b
     clock[0] += triton_model.METRICS_FLUSH_S
     model.execute([request(1)])  # the interval passed: everything kept is sent
     assert pb.MetricFamily.totals[rows_key] - before == 6
+
+
+def test_a_request_past_its_deadline_is_refused_uncomputed_and_its_batch_answered(built, held_out_digits):
+    """Each request of a batch is checked on its own: the expired one gets 504 (Triton: UNAVAILABLE) before any
+    preprocessing, a malformed deadline 400, and the others their answers; only the computed rows are counted."""
+    from handlers.torchserve_handler import MaasHandler
+
+    past, future = str(int(time.time() * 1e3) - 50), str(int(time.time() * 1e3) + 60_000)
+    model_dir = built / "unpacked-deadline"
+    zipfile.ZipFile(built / "store" / "digits.mar").extractall(model_dir)
+    handler = MaasHandler()
+    headers = [{"X-Request-Deadline": past}, {"x-request-deadline": future}, {}, {"X-Request-Deadline": "soon"}]
+    context = FakeContext(str(model_dir), request_headers=headers)
+    handler.initialize(context)
+    png = digit_png(held_out_digits[0][0])
+    answers = [json.loads(a) for a in handler.handle([{"body": png}] * 4, context)]
+    assert context.statuses[0][0] == 504 and "deadline passed" in answers[0]["error"]["message"]
+    assert context.statuses[3][0] == 400 and "Unix time in milliseconds" in answers[3]["error"]["message"]
+    assert answers[1]["label"] == answers[2]["label"] == str(held_out_digits[1][0]) and set(context.statuses) == {0, 3}
+    assert context.metrics.totals["MaasRows"] == 2 and context.metrics.totals["MaasExpired"] == 1
+    handler.handle([{"body": png}], FakeContext(str(model_dir), request_headers=[{"X-Request-Deadline": past}]))
+    assert context.metrics.totals["MaasRows"] == 2  # a batch of expired requests only: nothing ran
+
+    pb, model = triton_digits_model(built)
+    rows_key = ("maas_rows_total", (("model", "digits"), ("version", "1")))
+    expired_key = ("maas_expired_total", (("model", "digits"), ("version", "1")))
+    rows, expired = pb.MetricFamily.totals.get(rows_key, 0), pb.MetricFamily.totals.get(expired_key, 0)
+    pixels = [pb.Tensor("PIXELS", held_out_digits[0][:2].astype(np.float32))]
+    responses = model.execute([pb.InferenceRequest(pixels, {"deadline": int(past)}),
+                               pb.InferenceRequest(pixels, {"deadline": int(future)})])  # fmt: skip
+    assert responses[0].error.code() == "UNAVAILABLE" and "not computed" in responses[0].error.message()
+    assert responses[1].error is None and len(responses[1].output_tensors) == 3
+    assert pb.MetricFamily.totals[rows_key] - rows == 2 and pb.MetricFamily.totals[expired_key] - expired == 1

@@ -1,0 +1,59 @@
+"""Per-request deadlines: a request whose client has stopped waiting is answered at once and never computed.
+
+The client says when it stops waiting, as Unix time in milliseconds: on TorchServe the header
+``X-Request-Deadline``, on Triton the request parameter ``deadline``. The time is absolute because the wait in the
+server's queue must count, and neither server tells the model when a request arrived. So the client's clock and
+the server's must agree, as on one host or under NTP. Each request of a batch is checked on its own, before
+preprocessing: an expired one gets 504 (Triton: UNAVAILABLE), and the rest of the batch runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from handlers.errors import InvalidInput, ServingError
+
+DEADLINE_HEADER = "X-Request-Deadline"
+DEADLINE_PARAMETER = "deadline"
+
+
+class DeadlineExceeded(ServingError):
+    """The client's deadline passed before the model could start on the request."""
+
+    http_status = 504
+    triton_code = "UNAVAILABLE"
+
+
+def refusal(deadline: Any, now_ms: float) -> ServingError | None:
+    """Why a request with this deadline (None: it has none) must not run, or None."""
+    if deadline is None or deadline == "":
+        return None
+    try:
+        value = float(deadline)
+    except (TypeError, ValueError):
+        return InvalidInput(f"{DEADLINE_HEADER} (Triton: the parameter '{DEADLINE_PARAMETER}') must be Unix time in "
+                            f"milliseconds, not {str(deadline)[:40]!r}")  # fmt: skip
+    if value <= now_ms:
+        return DeadlineExceeded(f"the request's deadline passed {now_ms - value:.0f} ms before the model could start "
+                                "it; it was not computed")  # fmt: skip
+    return None
+
+
+def run_unexpired(deadlines: list[Any], run: Callable[[list[int]], list],
+                  refuse: Callable[[ServingError], Any]) -> list:  # fmt: skip
+    """``run(indices)`` for the requests whose deadline has not passed, ``refuse(error)`` for the others, in the
+    requests' order. ``run`` is not called when none is left."""
+    now_ms = time.time() * 1e3
+    refusals = [refusal(deadline, now_ms) for deadline in deadlines]
+    keep = [i for i, refused in enumerate(refusals) if refused is None]
+    answers = iter(run(keep) if keep else [])
+    return [next(answers) if refused is None else refuse(refused) for refused in refusals]
+
+
+def header(headers: dict[str, Any], name: str = DEADLINE_HEADER) -> Any:
+    """A request header by name, whatever its case (TorchServe passes them as the client sent them)."""
+    name = name.lower()
+    value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value.decode() if isinstance(value, bytes) else value
