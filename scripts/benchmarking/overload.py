@@ -9,9 +9,10 @@ connections waits an exponential pause of mean ``connections / rate`` before eac
 while answers are quick next to the pause; the report gives the rate each point reached (``sent_per_s``) beside
 the one it asked for, so a point where the client could not keep it shows as such. A probe thread sends the same
 request at ~25 requests/s through the point and times each answer: the admitted requests' p50/p99 come from it
-(wrk's percentiles mix in the refusals), as does the count answered after the deadline. Every Triton request
-carries the deadline as its ``timeout``; Triton's count of requests it refused uncomputed (REJECTED) is reported.
-TorchServe gets no deadline: it cannot enforce one per request (docs/overload.md).
+(wrk's percentiles mix in the refusals), as does the count answered after the deadline. Every request carries its
+deadline, stamped when it is sent (TorchServe: the header ``X-Request-Deadline``; Triton: the parameter
+``deadline``); our adapters refuse an expired one uncomputed (504 / 503). Triton's own count of requests it refused
+(REJECTED: its queue policy, off by default) is reported too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import httpx
 import tritonclient.http as triton_http
 
+from handlers.deadline import DEADLINE_HEADER, DEADLINE_PARAMETER
 from scripts import REPO_ROOT, at_least, positive
 from scripts.benchmarking.workloads import model_under_test
 from scripts.benchmarking.wrk_load import SCRIPT, HttpTarget, run_wrk, tree_cpu_seconds, wrk_point
@@ -35,18 +37,31 @@ from scripts.serving.faults import cli_torchserve_pid
 from scripts.serving.keys import bearer, read_inference_key
 from scripts.serving.processes import TRITON_PID_FILE
 
+PLACEHOLDER = "1000000000000"  # a deadline's place in a request (Unix ms: 13 digits until 2286)
 SETTLE_S = 3.0  # between points: what the last one queued is answered before the next starts
 
-# wrk's script, paced: a Poisson process per connection (mean pause args[3] ms), answers counted by status.
+# wrk's script, paced: a Poisson process per connection (mean pause args[3] ms), each request stamped with its
+# deadline (args[4] ms from when it is sent: the 13 digits of PLACEHOLDER), answers counted by status.
 OPEN_LOOP = (
-    SCRIPT.replace("done = function", "done_closed = function")
+    SCRIPT.replace("done = function", "done_closed = function").replace(
+        "request = function", "request_closed = function"
+    )
     + r"""
-local mean, threads = 0, {}
+local mean, budget, threads = 0, 0, {}
 ok, refused, failed = 0, 0, 0
 local init_bodies = init
 init = function(args)
   init_bodies(args)
-  mean = tonumber(args[3])
+  mean, budget = tonumber(args[3]), tonumber(args[4])
+end
+local ffi = require("ffi")  -- wrk's LuaJIT: the wall clock in ms, for each request's deadline
+ffi.cdef[[ typedef struct { long sec; long usec; } maas_timeval; int gettimeofday(maas_timeval *tv, void *tz); ]]
+local clock = ffi.new("maas_timeval")
+request = function()
+  i = i % #requests + 1
+  ffi.C.gettimeofday(clock, nil)
+  local deadline = tonumber(clock.sec) * 1000 + math.floor(tonumber(clock.usec) / 1000) + budget
+  return (requests[i]:gsub("DEADLINE_PLACE", string.format("%d", deadline), 1))
 end
 setup = function(thread) threads[#threads + 1] = thread end
 delay = function() return -math.log(1 - math.random()) * mean end
@@ -62,22 +77,31 @@ done = function(summary, latency, requests)
     t:get("refused"), t:get("failed"), e.connect + e.read + e.write + e.timeout, latency:percentile(50),
     latency:percentile(99)))
 end
-"""
+""".replace("DEADLINE_PLACE", PLACEHOLDER)
 )
 
 
 def targets(model: str, deadline_ms: float) -> dict[str, HttpTarget]:
-    """Each server's request for ``model``'s first held-out item; Triton's carries the deadline as its timeout."""
+    """Each server's request for ``model``'s first held-out item, with a place for its deadline (TorchServe's
+    header, Triton's ``deadline`` parameter: ``handlers/deadline.py``)."""
     workload = model_under_test(model).workload
     key = read_inference_key(REPO_ROOT)
-    torchserve = HttpTarget(f"http://127.0.0.1:8080/predictions/{model}",
-                            {**bearer(key), "Content-Type": workload.content_type},
-                            [(workload.rest_bodies[0], None)])  # fmt: skip
+    headers = {**bearer(key), "Content-Type": workload.content_type, DEADLINE_HEADER: PLACEHOLDER}
+    torchserve = HttpTarget(f"http://127.0.0.1:8080/predictions/{model}", headers, [(workload.rest_bodies[0], None)])
     inputs = workload.triton_inputs(triton_http)[0]
-    body, json_size = triton_http.InferenceServerClient.generate_request_body(inputs, timeout=int(deadline_ms * 1e3))
+    parameters = {DEADLINE_PARAMETER: int(PLACEHOLDER)}
+    body, json_size = triton_http.InferenceServerClient.generate_request_body(inputs, parameters=parameters)
     kind = "application/octet-stream" if json_size is not None else "application/json"
     triton = HttpTarget(f"http://127.0.0.1:8000/v2/models/{model}/infer", {"Content-Type": kind}, [(body, json_size)])
     return {"torchserve": torchserve, "triton": triton}
+
+
+def without_deadline(target: HttpTarget) -> HttpTarget:
+    """The same requests with a deadline that never comes (the closed-loop capacity)."""
+    never = "9999999999999"
+    headers = {k: never if v == PLACEHOLDER else v for k, v in target.headers.items()}
+    bodies = [(body.replace(PLACEHOLDER.encode(), never.encode(), 1), size) for body, size in target.bodies]
+    return HttpTarget(target.url, headers, bodies)
 
 
 class Probe:
@@ -98,8 +122,11 @@ class Probe:
         with httpx.Client(timeout=30) as client:
             while not self.stopping.wait(0.04):
                 start = time.perf_counter()
+                deadline = str(int(time.time() * 1e3 + self.deadline_ms))
+                stamped = {k: deadline if v == PLACEHOLDER else v for k, v in headers.items()}
+                content = body.replace(PLACEHOLDER.encode(), deadline.encode(), 1)
                 try:
-                    status = client.post(self.target.url, content=body, headers=headers).status_code
+                    status = client.post(self.target.url, content=content, headers=stamped).status_code
                 except httpx.HTTPError:
                     status = 0
                 if status == 200:
@@ -135,7 +162,7 @@ def open_point(server: str, model: str, target: HttpTarget, rate: float, args, p
         servers_before, started = tree_cpu_seconds(pids), time.perf_counter()
         probe.thread.start()
         result, client_cpu = run_wrk(target, args.connections, args.seconds, 0, Path(tmp), OPEN_LOOP,
-                                     (f"{mean_pause_ms:.4f}",))  # fmt: skip
+                                     (f"{mean_pause_ms:.4f}", f"{args.deadline_ms:.0f}"))  # fmt: skip
         probe.stopping.set()
         probe.thread.join()
         wall = time.perf_counter() - started
@@ -174,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only not in (None, server):
             continue
         time.sleep(SETTLE_S)
-        capacity = wrk_point(target, 64, args.seconds, 2, 0, pids[server])
+        capacity = wrk_point(without_deadline(target), 64, args.seconds, 2, 0, pids[server])
         print(f"{server}: capacity {capacity['throughput']:.0f} req/s (closed loop, 64 connections)", flush=True)
         points = []
         for level in levels:
