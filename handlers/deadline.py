@@ -42,14 +42,19 @@ def refusal(deadline: Any, now_ms: float) -> ServingError | None:
 
 
 def run_unexpired(deadlines: list[Any], run: Callable[[list[int]], list],
-                  refuse: Callable[[ServingError], Any]) -> list:  # fmt: skip
+                  refuse: Callable[[ServingError], Any]) -> tuple[list, list[ServingError | None]]:  # fmt: skip
     """``run(indices)`` for the requests whose deadline has not passed, ``refuse(error)`` for the others, in the
-    requests' order. ``run`` is not called when none is left."""
+    requests' order; and each request's refusal (None: it ran). ``run`` is not called when none is left."""
     now_ms = time.time() * 1e3
     refusals = [refusal(deadline, now_ms) for deadline in deadlines]
     keep = [i for i, refused in enumerate(refusals) if refused is None]
     answers = iter(run(keep) if keep else [])
-    return [next(answers) if refused is None else refuse(refused) for refused in refusals]
+    return [next(answers) if refused is None else refuse(refused) for refused in refusals], refusals
+
+
+def counts(refusals: list[ServingError | None]) -> tuple[int, int]:
+    """(requests the pipeline ran, requests refused for a passed deadline)."""
+    return refusals.count(None), sum(isinstance(refused, DeadlineExceeded) for refused in refusals)
 
 
 def header(headers: dict[str, Any], name: str = DEADLINE_HEADER) -> Any:

@@ -14,7 +14,7 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
-from handlers.deadline import DeadlineExceeded, header, run_unexpired
+from handlers.deadline import counts, header, run_unexpired
 from handlers.log_limit import rate_limited
 from handlers.tasks import load_pipeline
 
@@ -53,8 +53,8 @@ class MaasHandler:
             return self.pipeline.handle_json([request_body(data[i]) for i in keep])
 
         deadlines = [header(context.get_all_request_header(idx)) for idx in range(len(data))]
-        answers = run_unexpired(deadlines, run, lambda refused: (refused.http_status, {"error": refused.to_json()}))
-        expired = sum(status == DeadlineExceeded.http_status for status, _ in answers)  # only a deadline gives 504
+        answers, refusals = run_unexpired(deadlines, run, lambda refused: (refused.http_status,
+                                                                           {"error": refused.to_json()}))  # fmt: skip
         responses = []
         for idx, (status, body) in enumerate(answers):
             if status != 200:  # {"error": {...}}, or {"error": "..."} for an Open Inference Protocol request
@@ -63,17 +63,18 @@ class MaasHandler:
             context.set_response_content_type(idx, "application/json")
             context.set_response_header(idx, VERSION_HEADER, self.version)
             responses.append(json.dumps(body))
-        self.record_metrics(context, len(data) - expired, expired)
+        self.record_metrics(context, *counts(refusals))
         return responses
 
     def record_metrics(self, context, requests: int, expired: int) -> None:
         """Cumulative per-stage time and row counts (Prometheus counters with ``model_metrics_auto_detect``);
-        TorchServe itself reports queue time (``ts_queue_latency_microseconds``). Never fails a batch."""
+        TorchServe itself reports queue time (``ts_queue_latency_microseconds``). Never fails a batch.
+        ``requests``: those the pipeline ran (none: it did not run); ``expired``: those refused for their deadline."""
         timings = self.pipeline.last_timings
         try:
             if expired:
                 context.metrics.add_counter("MaasExpired", expired, None, self.dimensions)
-            if not requests:  # every request had expired: the pipeline did not run
+            if not requests:  # every request was refused for its deadline: the pipeline did not run
                 return
             for stage, ms in timings.stages().items():
                 context.metrics.add_time(f"Maas{stage.title()}Ms", ms, None, "ms", self.dimensions, MetricTypes.COUNTER)

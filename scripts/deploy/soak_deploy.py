@@ -49,8 +49,10 @@ class DeploySteps:
         self.phase, self.done, self.lock = "before", 0, threading.Lock()
 
     def __call__(self, number: int, at_request: int) -> dict | None:
-        if number not in SCHEDULE and at_request >= 0:
-            return None
+        return self.next_step(at_request) if number in SCHEDULE else None
+
+    def next_step(self, at_request: int) -> dict | None:
+        """Run the next step on every server; its record (None: all are done)."""
         with self.lock:
             if self.done == len(STEPS):
                 return None
@@ -74,7 +76,7 @@ class DeploySteps:
 
     def finish(self) -> list[dict]:
         """The steps a soak that stopped early did not reach, so the servers end as they began."""
-        return [record for record in iter(lambda: self(len(STEPS), -1), None)]
+        return list(iter(lambda: self.next_step(-1), None))
 
 
 def canary_share(report: dict, model: str, percent: float) -> dict:

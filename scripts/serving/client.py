@@ -91,9 +91,9 @@ def triton_transient(outcome: Any) -> bool:
     return isinstance(outcome, (ConnectionError, OSError, httpx.TransportError))
 
 
-def unix_ms(seconds_from_now: float) -> str:
+def unix_ms(seconds_from_now: float) -> int:
     """A deadline as the servers read it: Unix time in milliseconds (``handlers/deadline.py``)."""
-    return str(int((time.time() + seconds_from_now) * 1e3))
+    return int((time.time() + seconds_from_now) * 1e3)
 
 
 def infer_inputs(module, inputs: dict[str, np.ndarray]) -> list:
@@ -122,7 +122,7 @@ class TorchServeClient:
 
         def call(left: float) -> httpx.Response:  # routed per try: a retry follows a canary that has ended
             path = self.canary.torchserve_path(model) if self.canary else f"/predictions/{model}"
-            headers = {**request.get("headers", {}), DEADLINE_HEADER: unix_ms(left)}  # refused uncomputed after it
+            headers = {**request.get("headers", {}), DEADLINE_HEADER: str(unix_ms(left))}  # refused uncomputed after it
             sent = {**request, "headers": headers}
             return self.http.post(path, timeout=min(left, self.http.timeout.read or left), **sent)
 
@@ -159,7 +159,7 @@ class TritonClient:
             name = self.canary.triton_model(model) if self.canary else model
             # the time left, as the request's deadline (and queue timeout): refused uncomputed once nobody waits
             return self.client.infer(name, tensors, headers=self.headers, timeout=int(left * 1e6),
-                                     parameters={DEADLINE_PARAMETER: int(unix_ms(left))}, **timeout)  # fmt: skip
+                                     parameters={DEADLINE_PARAMETER: unix_ms(left)}, **timeout)  # fmt: skip
 
         return self.policy.run(call, triton_transient)
 

@@ -88,9 +88,8 @@ class Caller:
             routed = path.rsplit("/", 1)[-1].removesuffix(".0") if path != f"/predictions/{target.model}" else None
             return Answer(label, response.headers.get(VERSION_HEADER, ""), routed)
         result = self.triton.infer(target.model, triton_inputs(self.triton_probes[target.model]))
-        label = result.as_numpy("LABEL")
-        label = label.reshape(-1)[0].decode() if label is not None else str(result.get_response().outputs[0])
-        response = result.get_response()
+        response, label = result.get_response(), result.as_numpy("LABEL")
+        label = label.reshape(-1)[0].decode() if label is not None else str(response.outputs[0])
         routed = response.model_version if response.model_name != target.model else None  # to <model>-canary
         return Answer(label, response.model_version, routed)
 
