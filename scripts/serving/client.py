@@ -122,9 +122,9 @@ class TorchServeClient:
 
         def call(left: float) -> httpx.Response:  # routed per try: a retry follows a canary that has ended
             path = self.canary.torchserve_path(model) if self.canary else f"/predictions/{model}"
-            headers = {**request.get("headers", {}), DEADLINE_HEADER: str(unix_ms(left))}  # refused uncomputed after it
-            sent = {**request, "headers": headers}
-            return self.http.post(path, timeout=min(left, self.http.timeout.read or left), **sent)
+            wait = min(left, self.http.timeout.read or left)  # this try is abandoned after it: so is its work
+            headers = {**request.get("headers", {}), DEADLINE_HEADER: str(unix_ms(wait))}  # refused uncomputed after
+            return self.http.post(path, timeout=wait, **{**request, "headers": headers})
 
         return self.policy.run(call, torchserve_transient)
 
@@ -155,11 +155,12 @@ class TritonClient:
         tensors = infer_inputs(self.module, inputs)
 
         def call(left: float) -> Any:
-            timeout = {"client_timeout": min(left, self.timeout)} if self.protocol == "grpc" else {}
+            wait = min(left, self.timeout)  # this try is abandoned after it (gRPC: cancelled, so dropped if queued)
+            timeout = {"client_timeout": wait} if self.protocol == "grpc" else {}
             name = self.canary.triton_model(model) if self.canary else model
-            # the time left, as the request's deadline (and queue timeout): refused uncomputed once nobody waits
-            return self.client.infer(name, tensors, headers=self.headers, timeout=int(left * 1e6),
-                                     parameters={DEADLINE_PARAMETER: unix_ms(left)}, **timeout)  # fmt: skip
+            # the try's wait, as the request's deadline (and queue timeout): refused uncomputed once nobody waits
+            return self.client.infer(name, tensors, headers=self.headers, timeout=int(wait * 1e6),
+                                     parameters={DEADLINE_PARAMETER: unix_ms(wait)}, **timeout)  # fmt: skip
 
         return self.policy.run(call, triton_transient)
 

@@ -114,3 +114,35 @@ def test_a_request_whose_deadline_passed_is_refused_by_both_servers_uncomputed(t
         client.infer("sentiment", [text], parameters={"deadline": past})
     assert late.value.status() == "StatusCode.UNAVAILABLE"
     assert client.infer("sentiment", [text], parameters={"deadline": future}).as_numpy("LABEL")[0][0] == b"positive"
+
+
+def test_triton_drops_the_queued_work_of_a_cancelled_grpc_call(triton):
+    """A gRPC call cancelled by its client leaves Triton's queue uncomputed (Triton's core checks for cancellation
+    as it forms each batch), and the server answers as before. 256 calls at once, all but the first 32 cancelled
+    at once: far more than one forward pass takes, so many are still queued when the cancellation arrives."""
+    metrics_url = f"http://127.0.0.1:{triton.metrics}/metrics"
+    computed = lambda: metric_total(httpx.get(metrics_url, timeout=10).text, "nv_inference_count",  # noqa: E731
+                                    'model="sentiment"')  # fmt: skip
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
+    text = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[TEXT]], dtype=np.object_))
+    client.infer("sentiment", [text])  # warm: the first call's connection set-up is not part of the burst
+    before, errors, done = computed(), [], threading.Semaphore(0)
+
+    def callback(result, error):
+        errors.append(error)
+        done.release()
+
+    calls = [client.async_infer("sentiment", [text], callback=callback) for _ in range(256)]
+    for call in calls[32:]:
+        call.cancel()
+    assert all(done.acquire(timeout=60) for _ in calls), "a call was never answered"
+    assert errors.count(None) >= 32, {str(error) for error in errors}  # the 32 not cancelled were all answered
+    assert all("CANCELLED" in str(error) for error in errors if error is not None)
+    settled, last = 0, -1.0
+    while settled < 5:  # the counter moves a moment after the answers: wait until it holds still
+        now = computed()
+        settled, last = (settled + 1 if now == last else 0), now
+        time.sleep(0.2)
+    assert last - before < 256, f"{last - before:.0f} of 256 requests computed: no cancelled one was dropped"
+    assert client.infer("sentiment", [text]).as_numpy("LABEL")[0][0] == b"positive"

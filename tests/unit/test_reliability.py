@@ -7,6 +7,7 @@ import logging
 import shutil
 import socket
 import stat
+import time
 import types
 
 import httpx
@@ -71,6 +72,17 @@ def test_transient_torchserve_failures_are_retried(transient):
     client, calls = torchserve_answering([transient, transient, 200])
     response = client.predict("digits", content=b"x")
     assert response.status_code == 200 and len(calls) == 3 and client.policy.retried == 2
+
+
+def test_each_try_carries_the_deadline_of_its_own_wait():
+    """A try the client abandons after its read timeout must not be computed later: its deadline is that timeout,
+    not the whole request's (a retry would otherwise double the work)."""
+    client, calls = torchserve_answering([200])
+    client.http = httpx.Client(base_url="http://ts.invalid", timeout=2.0, transport=client.http._transport)
+    sent = time.time() * 1e3
+    client.predict("digits", content=b"x")  # the policy allows 30 s in all
+    deadline = float(calls[0].headers["X-Request-Deadline"])
+    assert sent + 1_000 < deadline <= time.time() * 1e3 + 2_000
 
 
 @pytest.mark.parametrize("refusal", [400, 404, 413])
