@@ -37,6 +37,11 @@ class ServingSettings:
     # Language models: max_batch_size is the most sequences decoding at once (the running batch); a request asking
     # for more than max_tokens_limit new tokens is refused (400).
     max_tokens_limit: int = 256
+    # Explanations (handlers/explain): Integrated Gradients' steps by default and at most (a request asking for
+    # more is refused, 400), and the points of the path run in one forward pass (bounds memory and latency).
+    explain_steps: int = 32
+    explain_max_steps: int = 256
+    explain_batch: int = 128
     torchserve: dict[str, Any] = field(default_factory=dict)  # overrides for TorchServe only
     triton: dict[str, Any] = field(default_factory=dict)  # overrides for Triton only
 
@@ -50,6 +55,9 @@ class ServingSettings:
             if _TYPES[name] is int and value != int(value):
                 raise ValueError(f"serving.{name} must be a whole number, not {value!r}")
             object.__setattr__(self, name, _TYPES[name](value))
+        if self.explain_steps > self.explain_max_steps:
+            raise ValueError(f"serving.explain_steps ({self.explain_steps}) is above serving.explain_max_steps "
+                             f"({self.explain_max_steps})")  # fmt: skip
         if self.threshold > 1:
             raise ValueError(f"serving.threshold must be between 0 and 1, not {self.threshold!r}")
         for server in SERVERS:
@@ -83,7 +91,8 @@ class ServingSettings:
 _FLAT = [f for f in fields(ServingSettings) if f.name not in SERVERS]
 _TYPES = {f.name: int if f.type == "int" else float for f in _FLAT}
 _LEAST = {name: 0 for name in _TYPES} | {"max_batch_size": 1, "workers": 1, "response_timeout_s": 1} | {
-    "max_rows_per_request": 1, "max_text_chars": 1, "top_k": 1, "max_tokens_limit": 1}  # fmt: skip
+    "max_rows_per_request": 1, "max_text_chars": 1, "top_k": 1, "max_tokens_limit": 1, "explain_steps": 1,
+    "explain_max_steps": 1, "explain_batch": 1}  # fmt: skip
 
 
 def _check_keys(data: dict, where: str, allow_servers: bool) -> None:

@@ -15,11 +15,15 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.deadline import counts, header, run_unexpired
+from handlers.errors import as_serving_error
+from handlers.explain import EXPLAIN_HEADERS, load_explainer
 from handlers.log_limit import rate_limited
 from handlers.tasks import load_pipeline
 
 log = rate_limited(__name__)  # a client can trigger these: a flood must not flood the log
 VERSION_HEADER = "X-Model-Version"  # which version of the model answered (maas serve deploy adds versions)
+EXPLAIN = "explain"  # TorchServe sets it: "True" on /explanations, "False" on /predictions (whatever a client sent)
+ASK_EXPLAIN = "X-Explain"  # a client's flag on /predictions: "true" asks for the explanation
 
 
 def served_version(context) -> str:
@@ -38,21 +42,33 @@ class MaasHandler:
 
     def __init__(self):
         self.pipeline, self.version = None, "1"
+        self._explainer: Any = None  # built at the first explanation asked for: predictions never load Captum
 
     def initialize(self, context) -> None:
         properties = context.system_properties
         gpu_id = properties.get("gpu_id")
         device = f"cuda:{gpu_id}" if gpu_id is not None and torch.cuda.is_available() else "cpu"
-        self.pipeline = load_pipeline(Path(properties["model_dir"]) / "artifact", device=device)
+        self.model_dir, self.device = Path(properties["model_dir"]), device
+        self.pipeline = load_pipeline(self.model_dir / "artifact", device=device)
         self.version = served_version(context)
         self.dimensions = version_dimensions(self.version)
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
-        def run(keep: list[int]) -> list:
-            return self.pipeline.handle_json([request_body(data[i]) for i in keep])
+        headers = [context.get_all_request_header(idx) for idx in range(len(data))]
+        predicted = []  # the requests the pipeline ran (its timings are theirs)
 
-        deadlines = [header(context.get_all_request_header(idx)) for idx in range(len(data))]
+        def run(keep: list[int]) -> list:  # explanations and predictions of one batch: each answered its way
+            explain = [i for i in keep if asks_explanation(headers[i])]
+            explained = self.explain([data[i] for i in explain], [headers[i] for i in explain])
+            answers = dict(zip(explain, explained, strict=True))
+            predicted.extend(i for i in keep if i not in answers)
+            if predicted:
+                bodies = [request_body(data[i]) for i in predicted]
+                answers.update(zip(predicted, self.pipeline.handle_json(bodies), strict=True))
+            return [answers[i] for i in keep]
+
+        deadlines = [header(h) for h in headers]
         answers, refusals = run_unexpired(deadlines, run, lambda refused: (refused.http_status,
                                                                            {"error": refused.to_json()}))  # fmt: skip
         responses = []
@@ -63,8 +79,22 @@ class MaasHandler:
             context.set_response_content_type(idx, "application/json")
             context.set_response_header(idx, VERSION_HEADER, self.version)
             responses.append(json.dumps(body))
-        self.record_metrics(context, *counts(refusals))
+        self.record_metrics(context, len(predicted), counts(refusals)[1])
         return responses
+
+    def explain(self, requests: list[dict], headers: list[dict]) -> list[tuple[int, Any]]:
+        if not requests:
+            return []
+        try:
+            if self._explainer is None:
+                self._explainer = load_explainer(self.model_dir, self.device, self.pipeline)
+        except Exception as exc:  # no explainer (an ONNX model: 501), or it failed to load: these requests' answer
+            unavailable = as_serving_error(exc)
+            if unavailable is not exc:
+                log.exception("could not build the explainer")
+            return [(unavailable.http_status, {"error": unavailable.to_json()})] * len(requests)
+        options = [{k: header(h, name) for k, name in EXPLAIN_HEADERS.items()} for h in headers]
+        return self._explainer.explain_json([request_body(r) for r in requests], options)
 
     def record_metrics(self, context, requests: int, expired: int) -> None:
         """Cumulative per-stage time and row counts (Prometheus counters with ``model_metrics_auto_detect``);
@@ -83,6 +113,10 @@ class MaasHandler:
         except Exception:
             log.exception("could not record metrics")
         log.debug("batch of %d requests, %d rows: %s", requests, timings.rows, timings)
+
+
+def asks_explanation(headers: dict) -> bool:
+    return any(str(header(headers, name)).lower() in ("true", "1") for name in (EXPLAIN, ASK_EXPLAIN))
 
 
 def request_body(request: dict) -> Any:

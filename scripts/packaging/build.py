@@ -24,6 +24,7 @@ from handlers.artifact import Manifest, read_manifest
 from handlers.formats import FORMATS
 from handlers.settings import ServingSettings
 from scripts import MODEL_STORE, TRITON_REPOSITORY
+from scripts.packaging.explain_build import build_triton_explainer, explain_source
 from scripts.packaging.export import ExportRejected, export
 from scripts.packaging.quantize import CalibrationError
 from scripts.packaging.torchserve_archive import build_mar
@@ -79,6 +80,7 @@ def build(
     serving: dict | None = None,
     fmt: str | None = None,
     triton_ensemble: str | None = None,
+    explain: bool = True,
 ) -> dict[str, float]:
     """Build what is asked for; return the seconds each build took.
 
@@ -86,20 +88,22 @@ def build(
     benchmark's naive baseline is the same artifact built with ``{"max_batch_size": 1}``. ``fmt`` picks the model
     format (default: the task's entry in ``DEFAULT_FORMATS``); an artifact that already is an export is built as is.
     ``triton_ensemble`` (a backend of ``scripts.packaging.triton_ensemble.BACKENDS``) writes an ensemble with the
-    network on that backend instead of one Python model.
+    network on that backend instead of one Python model. ``explain``: add the explainers (``explain_build.py``).
     """
     ServingSettings().for_server("triton", serving)  # a bad override is refused before any export, not after
-    artifact_dir = served_artifact(artifact_dir, fmt)
+    source, artifact_dir = artifact_dir, served_artifact(artifact_dir, fmt)
     manifest = read_manifest(artifact_dir)
     if fmt not in (None, manifest.model.get("format")):
         origin = ("was imported as such and is served in that format" if "imported_from" in manifest.model
                   else f"is an export; build --format {fmt} from the eager artifact it came from")  # fmt: skip
         raise ValueError(f"{artifact_dir} holds a {manifest.model.get('format')} model: it {origin}")
     name = name or manifest.name
+    explain_from = explain_source(source, manifest) if explain else None
     seconds = {}
     if model_store is not None:
         start = time.perf_counter()
-        path = build_mar(artifact_dir, for_server(manifest, "torchserve", serving), model_store, name)
+        path = build_mar(artifact_dir, for_server(manifest, "torchserve", serving), model_store, name,
+                         explain_from=explain_from)  # fmt: skip
         seconds["torchserve"] = time.perf_counter() - start
         print(f"built {path} in {seconds['torchserve']:.1f}s")
     if triton_repository is not None:
@@ -115,6 +119,10 @@ def build(
             )
         seconds["triton"] = time.perf_counter() - start
         print(f"built {path} in {seconds['triton']:.1f}s")
+        if explain and not triton_ensemble:
+            path = build_triton_explainer(artifact_dir, explain_from, triton_manifest, triton_repository, name,
+                                          python_env)  # fmt: skip
+            print(f"built {path}" if path else f"{name}: no explainer (its task or format has none)")
     return seconds
 
 
@@ -145,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         default=Path(sys.prefix),
         help="Python environment Triton's stub runs the model in (default: this one)",
     )
+    parser.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="leave out the explainers (Triton's <model>_explain, the eager weights behind an export)",
+    )
     args = parser.parse_args(argv)
     if args.name and len(args.artifacts) > 1:
         parser.error("--name needs exactly one artifact")
@@ -162,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                 serving=serving,
                 fmt=args.format,
                 triton_ensemble=args.triton_ensemble,
+                explain=not args.no_explain,
             )
         except ExportRejected as exc:
             raise SystemExit(f"{artifact}: export rejected, nothing built: {exc}") from None

@@ -18,6 +18,7 @@ from model_archiver.model_archiver_config import ModelArchiverConfig
 from model_archiver.model_packaging import generate_model_archive
 
 from handlers.artifact import Manifest
+from scripts.packaging.explain_build import copy_explain_source
 from scripts.packaging.generation_build import TORCHSERVE_CONFIG, TORCHSERVE_ENTRY, is_language_model
 from scripts.packaging.probe import write_probe
 from scripts.packaging.runtime import copy_runtime, entry_point_source
@@ -45,12 +46,15 @@ def torchserve_model_config(manifest: Manifest) -> dict:
 
 
 def build_mar(artifact_dir: Path, manifest: Manifest, model_store: Path, name: str, version: str = "1.0",
-              file_name: str | None = None) -> Path:  # fmt: skip
-    """``<model_store>/<file_name or name>.mar``; ``version``: TorchServe's version of the model (a string)."""
+              file_name: str | None = None, explain_from: Path | None = None) -> Path:  # fmt: skip
+    """``<model_store>/<file_name or name>.mar``; ``version``: TorchServe's version of the model (a string);
+    ``explain_from``: the eager artifact an export was made from, shipped as ``explain/`` for ``/explanations``."""
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"mar-{name}-") as tmp:
         stage = Path(tmp) / "stage"
         copy_runtime(artifact_dir, stage, manifest.serving)
+        if explain_from is not None:
+            copy_explain_source(explain_from, stage, manifest)
         write_probe(artifact_dir, manifest, stage)
         config_file = Path(tmp) / "model-config.yaml"
         generative = is_language_model(manifest)

@@ -47,6 +47,7 @@ MODELS = {
     "sentiment_deadline": (lambda get: get("text_artifact"), {"model_store": None, "serving": {"deadline_ms": 5000}}),
 }
 SERVERS = {"built_models", "torchserve", "triton"}
+EXPLAINED = {"digits", "sentiment", "wine"}  # built with their explainers (Triton's <name>_explain); the rest without
 
 
 def declared(item: pytest.Item) -> set[str]:
@@ -95,7 +96,7 @@ def built_models(request, tmp_path_factory) -> BuiltModels:
             continue
         # As trained (eager, what the task tests compare with), as imported, or as exported.
         fmt = "eager" if read_manifest(path).model["format"] == "eager" else None
-        build(path, name=model, fmt=fmt, **(where | options))
+        build(path, name=model, fmt=fmt, explain=model in EXPLAINED, **(where | options))
     return built
 
 
