@@ -9,6 +9,7 @@
     maas export ARTIFACT --format F      export: torchscript | onnx | onnx_int8[_static]
     maas build ARTIFACT [...]            package for TorchServe (model_store/) and Triton (model_repository/)
     maas check ARTIFACT --input FILE...  requests through both servers' handlers in process, side by side
+    maas explain ARTIFACT --text "..."  why the model answered what it did (per word / pixel / feature), in process
     maas serve start|stop torchserve|triton|both
     maas serve status [--json]           deep health: a real inference per model on each server (a k8s probe)
     maas serve deploy ARTIFACT           a new version beside the running one, probed, then the default
@@ -24,6 +25,7 @@
     maas bench profile                   py-spy on each server's worker under wrk load (reports/profile/)
     maas bench ab --a KEY=V [--b KEY=V]  two serving settings served at once, measured interleaved (reports/ab/)
     maas bench overload                  each server at 0.5-4x its capacity, open loop: goodput, refusals, p99
+    maas bench explain                   an explanation's latency on each server, and its cost to predictions
     maas bench compression               a model and its compressed students: size, accuracy, speed (reports/)
     maas bench train-image               maas train image's recipes vs a plain CNN on generated folders (reports/)
     maas bench generate ARTIFACT         a language model's tokens/s, TTFT, ITL: served, in process, naive, static
@@ -57,6 +59,7 @@ COMMANDS = {
     ("export",): "scripts.packaging.export",
     ("build",): "scripts.packaging.build",
     ("check",): "scripts.packaging.check",
+    ("explain",): "scripts.packaging.explain",
     ("serve",): "scripts.serving.servers",
     ("serve", "deploy"): "scripts.deploy.rollout:deploy",
     ("serve", "promote"): "scripts.deploy.rollout:promote",
@@ -71,6 +74,7 @@ COMMANDS = {
     ("bench", "int8"): "scripts.benchmarking.int8_recipes",
     ("bench", "profile"): "scripts.benchmarking.profile_servers",
     ("bench", "overload"): "scripts.benchmarking.overload",
+    ("bench", "explain"): "scripts.benchmarking.explain_bench",
     ("bench", "ab"): "scripts.benchmarking.ab",
     ("bench", "compression"): "scripts.benchmarking.compression_table",
     ("bench", "train-image"): "scripts.benchmarking.train_image_bench",
