@@ -25,6 +25,9 @@ CASES = [
     ("check {tmp} --input {tmp}/x.json", "{tmp}"),  # not an artifact: named as given, not as the handlers see it
     ("check {tampered} --input {tmp}/x.json", "{tampered}/pipeline.json"),
     ("check {artifact} --input /no/such.json", "/no/such.json"),
+    ("explain {tmp} --text hello", "{tmp}"),
+    ("explain {tampered} --text hello", "model.safetensors does not match its checksum"),
+    ("explain {artifact} --input /no/such.json", "/no/such.json"),
     ("export /no/such --format onnx", "/no/such"),
     ("export {artifact} --format nosuch", "'nosuch'"),
     ("export {tampered} --format onnx --out {tmp}/onnx", "model.safetensors does not match its checksum"),
