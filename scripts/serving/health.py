@@ -175,12 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         stores = {"torchserve": [args.model_store], "triton": [args.repository]}
         where = " or ".join(map(str, stores.get(args.server, [args.model_store, args.repository])))
         raise SystemExit(f"no model in {where}: nothing to probe; build one first: maas build ARTIFACT")
+    width = max(16, *(len(r.model) for r in results))
     for result in results:
         if args.json:
             print(json.dumps(asdict(result)))
         else:
             state = "OK  " if result.ok else "DOWN"
-            print(f"{state} {result.server:<10} {result.model:<16} {result.ms:>8.1f} ms  {result.detail}")
+            print(f"{state} {result.server:<10} {result.model:<{width}} {result.ms:>8.1f} ms  {result.detail}")
     return 0 if results and all(r.ok for r in results) else 1
 
 
