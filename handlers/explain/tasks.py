@@ -1,7 +1,8 @@
 """What each task attributes to, and against which baseline.
 
 * text: the token embeddings (Layer Integrated Gradients), against the same text with every token but the special
-  ones ([CLS], [SEP]) replaced by padding; token scores are summed into the words the tokenizer cut them from;
+  ones ([CLS], [SEP]) replaced by padding (RoBERTa-style models: the unknown token); token scores are summed into
+  the words the tokenizer cut them from;
 * image: the pixels the network sees, against a blank image (0 before standardisation); a heat map per row, summed
   over colour channels, optionally as a PNG overlay;
 * tabular: the standardised features, against the training mean (0 after standardisation; a category's one-hot
@@ -34,6 +35,11 @@ class TextExplainer(Explainer):
         self.attribution = LayerIntegratedGradients(self.forward, embeddings())
         self.tokenizer = pipeline.tokenizer
         self.special = set(self.tokenizer.all_special_ids)
+        # The reference token: padding, unless the model numbers positions by counting non-padding tokens (the
+        # RoBERTa family): there a padded baseline would move every position, and completeness would not hold.
+        counts_padding = hasattr(getattr(self.module.model.base_model, "embeddings", None), "padding_idx")
+        unknown = self.tokenizer.unk_token_id
+        self.reference = unknown if counts_padding and unknown is not None else pipeline.pad_id
 
     def explain_rows(self, rows: list[Any], features: list[Any], options: ExplainOptions) -> list[dict]:
         return [self.explain_text(self.pipeline.validate_text(row), options) for row in rows]
@@ -44,7 +50,7 @@ class TextExplainer(Explainer):
         ids = encoding["input_ids"]
         device = self.pipeline.device
         inputs = torch.tensor([ids], device=device)
-        baseline = torch.tensor([[i if i in self.special else self.pipeline.pad_id for i in ids]], device=device)
+        baseline = torch.tensor([[i if i in self.special else self.reference for i in ids]], device=device)
         mask = torch.ones_like(inputs)
         with torch.no_grad():
             outputs, baseline_outputs = self.forward(inputs, mask)[0], self.forward(baseline, mask)[0]

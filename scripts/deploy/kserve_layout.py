@@ -38,6 +38,7 @@ POD_PROBE_NAME = "maas_probe.py"  # its name in the layout's config/, which the 
 # which cannot share a process with the kserve SDK (scripts/deploy/kserve.py).
 OPENAI_FRONTEND = "scripts.serving.openai_frontend"  # the OpenAI runtime's frontend module
 LM_TASK = "text_generation"  # scripts.packaging.generation_build.TEXT_GENERATION
+EXPLAINER_SUFFIX = "_explain"  # scripts.packaging.explain_build: an explainer has no probe (too dear for one)
 
 
 class LayoutError(ValueError):
@@ -145,7 +146,8 @@ def check_triton_layout(layout: Path) -> str:
         ensemble = 'platform: "ensemble"' in config.read_text()
         if not ensemble and not entry.is_file():
             raise LayoutError(f"{entry} is missing: the Python backend loads the model from it")
-        if not ensemble and not (config.parent / "1" / PROBE_NAME).is_file():
+        explainer = config.parent.name.endswith(EXPLAINER_SUFFIX)  # the health check asks it only if it is ready
+        if not ensemble and not explainer and not (config.parent / "1" / PROBE_NAME).is_file():
             raise LayoutError(f"{config.parent / '1' / PROBE_NAME} is missing: the liveness probe sends it")
     return layout.name
 

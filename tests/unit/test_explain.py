@@ -112,3 +112,24 @@ def test_an_export_is_explained_on_the_weights_it_was_verified_against(digits_ar
     (status, body), = explainer.explain_json([{"pixels": [[0] * 8] * 8}], [{}])  # fmt: skip
     assert status == 200 and "exported from and verified against" in body["explained_model"]
     json.dumps(body, allow_nan=False)
+
+
+@pytest.mark.parametrize("architecture", ["distilbert", "roberta", "electra", "multilabel"])
+def test_an_imported_hugging_face_classifier_is_explained_per_word(hf_artifacts, architecture):
+    explainer = explainer_for(load_pipeline(hf_artifacts[architecture]))
+    text = {"text": "Quietly devastating, and funny too."}
+    ((status, body),) = explainer.explain_json([text], [{"steps": STEPS}])
+    assert status == 200, body
+    assert [w["word"] for w in body["attributions"]] == ["Quietly", "devastating", ",", "and", "funny", "too", "."]
+    assert abs(body["convergence_delta"]) < TOLERANCE * max(abs(body["score"] - body["baseline_score"]), 0.02)
+
+
+def test_imported_torchscript_is_explained_and_onnx_says_why_not(image_imports):
+    from tests.fixtures.image_import import photo
+
+    explainer = explainer_for(load_pipeline(image_imports["torchscript"]))
+    (status, body), = explainer.explain_json([photo(40, 30, seed=1)], [{"steps": STEPS}])  # fmt: skip
+    assert status == 200 and len(body["shape"]) == 2, body
+    assert abs(body["convergence_delta"]) < TOLERANCE * max(abs(body["score"] - body["baseline_score"]), 0.02)
+    with pytest.raises(ExplanationUnavailable, match="onnx"):
+        explainer_for(load_pipeline(image_imports["onnx"]))
