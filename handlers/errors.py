@@ -38,6 +38,18 @@ class PayloadTooLarge(ServingError):
     triton_code = "INVALID_ARG"
 
 
+class Overloaded(ServingError):
+    """The model has more work queued than it can start in time: try again after ``retry_after_s`` seconds."""
+
+    http_status = 429
+    triton_code = "UNAVAILABLE"  # Triton has no "too many requests"; the message names the wait
+    code = "overloaded"  # the OpenAI error body's code
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class InternalError(ServingError):
     """The server failed on a valid request (a bug or a resource fault); the message stays generic."""
 

@@ -37,6 +37,9 @@ class ServingSettings:
     # Language models: max_batch_size is the most sequences decoding at once (the running batch); a request asking
     # for more than max_tokens_limit new tokens is refused (400).
     max_tokens_limit: int = 256
+    # Language models: a request whose expected wait for a slot in the running batch is longer is refused at once
+    # (429 with Retry-After; handlers/generation/admission.py). 0: no bound.
+    max_queue_wait_s: float = 30.0
     # Explanations (handlers/explain): Integrated Gradients' steps by default and at most (a request asking for
     # more is refused, 400), and the points of the path run in one forward pass (bounds memory and latency).
     explain_steps: int = 32

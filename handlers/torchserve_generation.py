@@ -134,8 +134,10 @@ class GenerationHandler:
                     body = json.dumps({"error": refused.to_json()})
                     replies[idx] = _Reply(body, True, False, ANSWER_TYPE, grpc=True)
                 elif (early := self.admit(request_id, item, headers.get("url_path") or "")) is not None:
-                    status, body = early
+                    status, body, retry_after = early
                     context.set_response_status(status, "OK" if status == 200 else "Refused", idx)
+                    if retry_after:  # refused for load (429): when to come back
+                        context.set_response_header(idx, "Retry-After", str(retry_after))
                     replies[idx] = _Reply(body, True, False, ANSWER_TYPE)
         stepped = engine.step() if engine.has_work else []
         events = {event.request_id: event for event in stepped}
@@ -145,18 +147,20 @@ class GenerationHandler:
                 replies[idx] = self.reply(request_id, events)
         return self.respond([replies[idx] for idx in range(len(ids))], context)
 
-    def admit(self, request_id: str, item: dict, route: str) -> tuple[int, str] | None:
+    def admit(self, request_id: str, item: dict, route: str) -> tuple[int, str, int | None] | None:
         """Parse a new request and queue its choices in the engine; an answer to send at once (a refusal, or the
-        model list) as (status, JSON body)."""
+        model list) as (status, JSON body, Retry-After seconds or None)."""
         try:
             if route == "v1/models":
-                return 200, json.dumps(models_list([self.card.name]))
+                return 200, json.dumps(models_list([self.card.name])), None
             choices, out = self.plan(route, request_body(item))
+            self.service.engine.admit(len(choices))  # Overloaded (429): they would wait too long for a slot
         except Exception as exc:
             if not isinstance(exc, ServingError):
                 log.exception("could not queue a generation request")
             error = as_serving_error(exc)
-            return error.http_status, json.dumps(error_body(error) if route else {"error": error.to_json()})
+            body = json.dumps(error_body(error) if route else {"error": error.to_json()})
+            return error.http_status, body, getattr(error, "retry_after_s", None)
         engine_ids = [f"{request_id}/{i}" for i in range(len(choices))]
         for engine_id, choice in zip(engine_ids, choices, strict=True):
             self.service.engine.add(engine_id, choice.prompt, choice.params)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from handlers.errors import InvalidInput
+from handlers.generation.admission import Admission
 from handlers.generation.detokenize import Detokenizer
 from handlers.generation.sampling import SamplingParams, sample, token_logprobs
 
@@ -68,6 +70,7 @@ class _Sequence:
     finish_reason: str | None = None
     error: str | None = None
     logprobs: list[dict] | None = None  # the last sampled token's, for its event
+    added_at: float = field(default_factory=time.monotonic)  # for the admission's mean request duration
 
 
 class Engine:
@@ -80,7 +83,9 @@ class Engine:
         max_running: int = 16,
         max_context: int | None = None,
         device: str | torch.device = "cpu",
+        max_queue_wait_s: float = 0.0,
     ):
+        """``max_queue_wait_s``: refuse (429) a request whose expected wait for a slot is longer (0: never)."""
         _check_model(model)
         if max_running < 1:
             raise ValueError(f"max_running must be at least 1, not {max_running}")
@@ -88,6 +93,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.max_running = max_running
+        self.admission = Admission(max_running, max_queue_wait_s)
         config = model.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if max_context is None and limit is None:
@@ -290,7 +296,14 @@ class Engine:
     def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 
+    def admit(self, count: int = 1, queued: int = 0) -> None:
+        """Refuse ``count`` new requests (``Overloaded``) if they would wait too long for a slot; ``queued``:
+        requests handed over but not added yet (the engine loop's inbox)."""
+        self.admission.check(len(self._rows), len(self._waiting) + queued, count)
+
     def _end(self, seq: _Sequence, reason: str, error: str | None = None, text: str = "", token_ids=()) -> Event:
+        if reason in ("stop", "length"):
+            self.admission.finished(time.monotonic() - seq.added_at)
         seq.finish_reason, seq.error = reason, error
         self._ids.pop(seq.request_id, None)
         return self._event(seq, text, list(token_ids))

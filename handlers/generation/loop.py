@@ -58,6 +58,7 @@ class EngineLoop:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the generation engine is stopping")
+            self.engine.admit(queued=len(self._inbox))  # Overloaded (429): it would wait too long for a slot
             if request_id in self._subscribers:
                 raise ValueError(f"request {request_id!r} is already in the engine")
             self._subscribers[request_id] = _Subscriber(on_event, is_cancelled)

@@ -56,7 +56,8 @@ class OpenAIError(InvalidInput):
 
 
 def error_body(error: ServingError) -> dict:
-    kind = "invalid_request_error" if error.http_status < 500 else "server_error"
+    # a 429 is the server's load, not the request's fault: retry it (after its Retry-After)
+    kind = "invalid_request_error" if error.http_status < 500 and error.http_status != 429 else "server_error"
     return {"error": {"message": error.message, "type": kind, "param": getattr(error, "param", None),
                       "code": getattr(error, "code", None)}}  # fmt: skip
 

@@ -61,7 +61,8 @@ def load_engine(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return Engine(model, tokenizer, max_running=manifest.serving.max_batch_size,
-                  max_context=manifest.model.get("max_context"), device=device)  # fmt: skip
+                  max_context=manifest.model.get("max_context"), device=device,
+                  max_queue_wait_s=manifest.serving.max_queue_wait_s)  # fmt: skip
 
 
 class GenerationService:

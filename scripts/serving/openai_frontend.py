@@ -116,7 +116,9 @@ _ANY = ModelCard("", None, 0, 0)  # parse refuses a body that is not an object b
 
 
 def failure(error: ServingError) -> JSONResponse:
-    return JSONResponse(error_body(error), status_code=error.http_status)
+    retry = getattr(error, "retry_after_s", None)  # Overloaded: when to come back
+    headers = {"Retry-After": str(retry)} if retry else None
+    return JSONResponse(error_body(error), status_code=error.http_status, headers=headers)
 
 
 async def watch(stream: TritonStream, request: Request) -> AsyncIterator[tuple[int, dict]]:

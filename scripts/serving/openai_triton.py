@@ -18,6 +18,7 @@ from tritonclient.grpc import InferInput
 
 from handlers.artifact import read_manifest
 from handlers.errors import InternalError, ServingError
+from handlers.generation.admission import overloaded_from
 from handlers.generation.openai_api import Choice, ModelCard
 from handlers.generation.service import TASK as TEXT_GENERATION
 from scripts.serving.canary import CANARY_SUFFIX
@@ -96,7 +97,8 @@ class TritonStream:
         try:
             async for result, error in self._responses:
                 if error is not None:
-                    raise TritonFailed(str(error.message() or error))
+                    text = str(error.message() or error)
+                    raise overloaded_from(text) or TritonFailed(text)  # the engine's 429 keeps its Retry-After
                 answer = _answer(result)
                 yield int(result.get_response().id), answer
                 ended += answer["finish_reason"] is not None

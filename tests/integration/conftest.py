@@ -43,6 +43,11 @@ MODELS = {
     **{f"lm_{k}": (lambda get, k=k: get("lm_artifacts")[k], {}) for k in LM_KINDS},
     **{f"{n}_{f}": (lambda get, n=n, f=f: get("exported")(n, f), {}) for n, f in SERVED_EXPORTS},
     **{f"{n}_ensemble": (lambda get, n=n, f=f: get("exported")(n, f), ENSEMBLE) for n, f in SERVED_ENSEMBLES},
+    # Triton only: one sequence at a time, and a request refused (429) whenever it would wait at all
+    "lm_busy": (
+        lambda get: get("lm_artifacts")["gpt2"],
+        {"model_store": None, "serving": {"max_batch_size": 1, "max_queue_wait_s": 1e-6}},
+    ),
     # Triton only, with a deadline (serving.deadline_ms: off by default)
     "sentiment_deadline": (lambda get: get("text_artifact"), {"model_store": None, "serving": {"deadline_ms": 5000}}),
 }

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from handlers.errors import InvalidInput
+from handlers.errors import InvalidInput, Overloaded
 from handlers.generation import Engine, EngineLoop, Event, SamplingParams, sample
 from handlers.generation import engine as engine_module
+from handlers.generation.admission import Admission, overloaded_from
 from handlers.generation.detokenize import Detokenizer
 from tests.unit.lm_fixtures import KINDS, tiny_lm
 
@@ -418,3 +419,29 @@ def test_is_cancelled_is_polled_and_stop_ends_what_is_left(loop):
     assert left[-1].finished and (left[-1].finish_reason, left[-1].error) == ("error", "server stopping")
     with pytest.raises(RuntimeError, match="stopping"):
         loop.submit("late", "the", SamplingParams(), print)
+
+
+def test_admission_refuses_what_would_wait_too_long_and_says_when_to_come_back():
+    admission = Admission(slots=2, max_wait_s=5.0)
+    admission.check(running=2, waiting=50)  # no request has finished yet: no estimate, nothing refused
+    admission.finished(2.0)
+    admission.check(running=1, waiting=0, count=1)  # a free slot: no wait
+    admission.check(running=2, waiting=4)  # (4 + 1) / 2 slots x 2 s = 5 s: not more than the bound
+    with pytest.raises(Overloaded, match="retry after 2 s") as refused:
+        admission.check(running=2, waiting=6)  # 7 / 2 x 2 s = 7 s
+    assert refused.value.http_status == 429 and refused.value.retry_after_s == 2
+    assert overloaded_from(refused.value.message).retry_after_s == 2  # as Triton relays it to the frontend
+    assert overloaded_from("Request timeout expired") is None
+    Admission(slots=2, max_wait_s=0).check(running=2, waiting=10_000)  # 0: no bound
+
+
+def test_the_engine_refuses_a_request_once_its_queue_would_take_too_long(lms):
+    model, tokenizer = lms["gpt2"]
+    engine = Engine(model, tokenizer, max_running=1, max_queue_wait_s=1e-6)
+    engine.admit()  # nothing has finished: no estimate
+    run(engine, {"first": (PROMPTS[0], SamplingParams(max_tokens=2, **GREEDY))})  # now the mean duration is known
+    engine.admit()  # the slot is free
+    engine.add("running", PROMPTS[0], SamplingParams(max_tokens=50, **GREEDY))
+    engine.step()
+    with pytest.raises(Overloaded):
+        engine.admit()  # it would wait behind "running"
