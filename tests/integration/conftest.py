@@ -9,7 +9,8 @@ import pytest
 
 from handlers.artifact import read_manifest
 from scripts.packaging.build import build
-from scripts.serving.processes import free_ports, stop_process
+from scripts.serving.openai_process import start_openai_frontend
+from scripts.serving.processes import free_port, free_ports, stop_process
 from scripts.serving.servers import start_torchserve
 from scripts.serving.triton_server import TritonInstance, TritonPorts, start_triton
 from tests.fixtures.hf import ARCHITECTURES as HF_ARCHITECTURES
@@ -122,3 +123,13 @@ def triton(built_models) -> TritonInstance:
     instance = start_triton(repository, ports, built_models.root / "triton.log", heal_interval=0)
     yield instance
     stop_process(instance.process, group=False)
+
+
+@pytest.fixture(scope="module")
+def frontend(built_models, triton, tmp_path_factory):
+    """The OpenAI-compatible frontend over this Triton's gRPC, serving the language models built."""
+    root = tmp_path_factory.mktemp("openai")
+    instance = start_openai_frontend(built_models.root / "model_repository", f"127.0.0.1:{triton.grpc}",
+                                     free_port(), root / "key.json", root / "openai.log")  # fmt: skip
+    yield instance
+    instance.stop()

@@ -9,20 +9,8 @@ import asyncio
 import openai
 import pytest
 
-from scripts.serving.openai_process import start_openai_frontend
-from scripts.serving.processes import free_port
-
 pytestmark = pytest.mark.models("lm_busy")  # one sequence at a time, a bound of 1 µs: any wait is refused
 MESSAGES = [{"role": "user", "content": "the model serves"}]
-
-
-@pytest.fixture(scope="module")
-def frontend(built_models, triton, tmp_path_factory):
-    root = tmp_path_factory.mktemp("openai_busy")
-    instance = start_openai_frontend(built_models.root / "model_repository", f"127.0.0.1:{triton.grpc}",
-                                     free_port(), root / "key.json", root / "openai.log")  # fmt: skip
-    yield instance
-    instance.stop()
 
 
 def test_a_request_that_would_wait_too_long_is_refused_at_once_with_retry_after(frontend):
