@@ -120,7 +120,8 @@ def triton(built_models) -> TritonInstance:
     health probes: tests count requests (test_faults.py runs a private, probing instance)."""
     ports = TritonPorts(*free_ports(3))
     repository = built_models.root / "model_repository"
-    instance = start_triton(repository, ports, built_models.root / "triton.log", heal_interval=0)
+    # Every model of the session loads before the first test: ~30 Python stubs on 2 cores take over 2 minutes.
+    instance = start_triton(repository, ports, built_models.root / "triton.log", heal_interval=0, timeout=480)
     yield instance
     stop_process(instance.process, group=False)
 
