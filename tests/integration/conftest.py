@@ -45,7 +45,7 @@ MODELS = {
     **{f"{n}_{f}": (lambda get, n=n, f=f: get("exported")(n, f), {}) for n, f in SERVED_EXPORTS},
     **{f"{n}_ensemble": (lambda get, n=n, f=f: get("exported")(n, f), ENSEMBLE) for n, f in SERVED_ENSEMBLES},
     # Triton only: one sequence at a time, and a request refused (429) whenever it would wait at all
-    "lm_busy": (
+    "busy_lm": (
         lambda get: get("lm_artifacts")["gpt2"],
         {"model_store": None, "serving": {"max_batch_size": 1, "max_queue_wait_s": 1e-6}},
     ),

@@ -9,17 +9,17 @@ import asyncio
 import openai
 import pytest
 
-pytestmark = pytest.mark.models("lm_busy")  # one sequence at a time, a bound of 1 µs: any wait is refused
+pytestmark = pytest.mark.models("busy_lm")  # one sequence at a time, a bound of 1 µs: any wait is refused
 MESSAGES = [{"role": "user", "content": "the model serves"}]
 
 
 def test_a_request_that_would_wait_too_long_is_refused_at_once_with_retry_after(frontend):
     plain = openai.OpenAI(base_url=frontend.base_url, api_key=frontend.key, max_retries=0)
-    assert plain.chat.completions.create(model="lm_busy", messages=MESSAGES, max_tokens=4).choices  # a duration known
+    assert plain.chat.completions.create(model="busy_lm", messages=MESSAGES, max_tokens=4).choices  # a duration known
 
     async def burst():
         client = openai.AsyncOpenAI(base_url=frontend.base_url, api_key=frontend.key, max_retries=0)
-        ask = lambda: client.chat.completions.create(model="lm_busy", messages=MESSAGES, max_tokens=32)  # noqa: E731
+        ask = lambda: client.chat.completions.create(model="busy_lm", messages=MESSAGES, max_tokens=32)  # noqa: E731
         return await asyncio.gather(*(ask() for _ in range(6)), return_exceptions=True)
 
     outcomes = asyncio.run(burst())
@@ -30,4 +30,4 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once_with_retry_after(
     assert int(refused[0].response.headers["retry-after"]) >= 1
     assert refused[0].body["code"] == "overloaded" and "max_queue_wait_s" in refused[0].body["message"]
     patient = openai.OpenAI(base_url=frontend.base_url, api_key=frontend.key, max_retries=5)
-    assert patient.chat.completions.create(model="lm_busy", messages=MESSAGES, max_tokens=4).choices
+    assert patient.chat.completions.create(model="busy_lm", messages=MESSAGES, max_tokens=4).choices
