@@ -16,7 +16,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.deadline import counts, header, run_unexpired
 from handlers.errors import as_serving_error
-from handlers.explain import EXPLAIN_HEADERS, load_explainer
+from handlers.explain import EXPLAIN_HEADERS, is_true, load_explainer
 from handlers.log_limit import rate_limited
 from handlers.tasks import load_pipeline
 
@@ -116,7 +116,7 @@ class MaasHandler:
 
 
 def asks_explanation(headers: dict) -> bool:
-    return any(str(header(headers, name)).lower() in ("true", "1") for name in (EXPLAIN, ASK_EXPLAIN))
+    return any(is_true(header(headers, name)) for name in (EXPLAIN, ASK_EXPLAIN))
 
 
 def request_body(request: dict) -> Any:

@@ -13,6 +13,7 @@ from handlers.explain.core import (
     OUTPUT,
     Explainer,
     ExplanationUnavailable,
+    is_true,
 )
 from handlers.pipeline import Pipeline
 
@@ -25,6 +26,7 @@ __all__ = [
     "explainable",
     "load_explainer",
     "SOURCE_DIR",
+    "is_true",
 ]
 SOURCE_DIR = "explain"  # beside a served export's ``artifact/``: the eager artifact it was exported from
 

@@ -1,6 +1,6 @@
 """Why the model answered what it did: Integrated Gradients (Captum) through the pipeline's own preprocessing.
 
-A request asks for an explanation (TorchServe: ``/explanations/<model>``, or the header ``explain: true`` on
+A request asks for an explanation (TorchServe: ``/explanations/<model>``, or the header ``X-Explain: true`` on
 ``/predictions``; Triton: the sibling model ``<model>_explain``) and may name, as headers ``X-Explain-Target``,
 ``X-Explain-Steps`` and ``X-Explain-Png`` or as the Triton parameters ``target``, ``steps`` and ``png``:
 
@@ -32,6 +32,11 @@ OUTPUT = "EXPLANATION"  # the Triton explainer's output: one JSON answer per row
 TRUE = ("1", "true", "yes")
 
 
+def is_true(value: Any) -> bool:
+    """A flag's header or parameter value: "true", "1" or "yes" (any case), or True."""
+    return str(value).lower() in TRUE
+
+
 class ExplanationUnavailable(ServingError):
     """The model can answer but not be explained: its stored form has no gradients (an ONNX export)."""
 
@@ -57,7 +62,7 @@ def read_options(raw: dict[str, Any], steps: int, max_steps: int) -> ExplainOpti
         if not 1 <= steps <= max_steps:
             raise InvalidInput(f"steps must be between 1 and {max_steps} (serving.explain_max_steps), not {steps}")
     target = raw.get("target")
-    png = str(raw.get("png", "")).lower() in TRUE
+    png = is_true(raw.get("png", ""))
     return ExplainOptions(None if target in (None, "") else str(target), steps, png)
 
 

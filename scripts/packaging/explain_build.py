@@ -19,7 +19,7 @@ from handlers.artifact import Manifest, read_manifest
 from handlers.explain import OUTPUT, SOURCE_DIR, explainable
 from handlers.pipeline import TensorSpec
 from handlers.tasks import pipeline_class
-from scripts.packaging.runtime import copy_runtime, entry_point_source
+from scripts.packaging.runtime import copy_artifact, copy_runtime, entry_point_source
 from scripts.packaging.triton_repository import add_dynamic_batching, tensor_message
 
 EXPLAINER_SUFFIX = "_explain"
@@ -43,9 +43,7 @@ def explain_source(source: Path, served: Manifest) -> Path | None:
 
 def copy_explain_source(source: Path, destination: Path, manifest: Manifest) -> None:
     """``<destination>/explain``: the eager artifact, with the build's serving settings (the explain limits)."""
-    copy_runtime(source, destination / "tmp-explain", manifest.serving)
-    shutil.move(destination / "tmp-explain" / "artifact", destination / SOURCE_DIR)
-    shutil.rmtree(destination / "tmp-explain")
+    copy_artifact(source, destination / SOURCE_DIR, manifest.serving)
 
 
 def build_triton_explainer(served: Path, source: Path | None, manifest: Manifest, repository: Path, name: str,

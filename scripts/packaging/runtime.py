@@ -16,8 +16,13 @@ def copy_runtime(artifact_dir: Path, destination: Path, serving: ServingSettings
     ``destination``, its manifest's ``serving`` replaced by the build's (per-server sections and ``--serving``
     overrides applied), so the handlers run with the settings the server configs were built from."""
     shutil.copytree(HANDLERS_DIR, destination / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(artifact_dir, destination / "artifact", ignore=lambda _, names: [n for n in names if n == without])
-    manifest_path = destination / "artifact" / MANIFEST_NAME
+    copy_artifact(artifact_dir, destination / "artifact", serving, without)
+
+
+def copy_artifact(artifact_dir: Path, destination: Path, serving: ServingSettings, without: str | None = None) -> None:
+    """The artifact as ``destination`` (less the file ``without``), its manifest's ``serving`` the build's."""
+    shutil.copytree(artifact_dir, destination, ignore=lambda _, names: [n for n in names if n == without])
+    manifest_path = destination / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["serving"] = serving.to_dict()
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

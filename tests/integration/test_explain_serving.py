@@ -62,8 +62,9 @@ def test_both_servers_give_the_same_attributions(torchserve, triton, held_out_di
     assert close(scores(table), scores(other)) and table["relative_delta"] < 0.05
 
 
-def test_explanations_and_predictions_in_one_batch_are_each_answered(torchserve, held_out_digits):
-    """24 requests at once on one worker: TorchServe batches them together whatever their endpoint."""
+def test_explanations_and_predictions_sent_together_are_each_answered(torchserve, held_out_digits):
+    """24 requests at once on one worker, whose batches mix the endpoints (TorchServe queues both endpoints'
+    requests for the same worker): each request gets its own kind of answer, or its own 400."""
     headers = bearer(torchserve.inference_key)
     images = [image.tolist() for image in held_out_digits[0][:8]]
 
