@@ -14,6 +14,7 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
+from handlers.batched_counters import BatchedCounters
 from handlers.deadline import counts, header, run_unexpired
 from handlers.errors import as_serving_error
 from handlers.explain import EXPLAIN_HEADERS, is_true, load_explainer
@@ -52,6 +53,8 @@ class MaasHandler:
         self.pipeline = load_pipeline(self.model_dir / "artifact", device=device)
         self.version = served_version(context)
         self.dimensions = version_dimensions(self.version)
+        self.counters = BatchedCounters(self.pipeline.manifest.serving.metrics_interval_s, self.emit_metrics, True)
+        self.metrics = None  # TorchServe's metrics cache, from the latest batch's context
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
@@ -97,22 +100,25 @@ class MaasHandler:
         return self._explainer.explain_json([request_body(r) for r in requests], options)
 
     def record_metrics(self, context, requests: int, expired: int) -> None:
-        """Cumulative per-stage time and row counts (Prometheus counters with ``model_metrics_auto_detect``);
-        TorchServe itself reports queue time (``ts_queue_latency_microseconds``). Never fails a batch.
-        ``requests``: those the pipeline ran (none: it did not run); ``expired``: those refused for their deadline."""
+        """Cumulative per-stage time and row counts (Prometheus counters with ``model_metrics_auto_detect``), handed
+        to TorchServe at most every ``serving.metrics_interval_s`` (``BatchedCounters``); TorchServe itself reports
+        queue time (``ts_queue_latency_microseconds``). ``requests``: those the pipeline ran (none: it did not run);
+        ``expired``: those refused for their deadline."""
         timings = self.pipeline.last_timings
-        try:
-            if expired:
-                context.metrics.add_counter("MaasExpired", expired, None, self.dimensions)
-            if not requests:  # every request was refused for its deadline: the pipeline did not run
-                return
-            for stage, ms in timings.stages().items():
-                context.metrics.add_time(f"Maas{stage.title()}Ms", ms, None, "ms", self.dimensions, MetricTypes.COUNTER)
-            context.metrics.add_counter("MaasRows", timings.rows, None, self.dimensions)
-            context.metrics.add_counter("MaasBatches", 1, None, self.dimensions)
-        except Exception:
-            log.exception("could not record metrics")
-        log.debug("batch of %d requests, %d rows: %s", requests, timings.rows, timings)
+        values = {"MaasExpired": expired}
+        if requests:  # else every request was refused for its deadline: the pipeline did not run
+            values |= {f"Maas{stage.title()}Ms": ms for stage, ms in timings.stages().items()}
+            values |= {"MaasRows": timings.rows, "MaasBatches": 1}
+            log.debug("batch of %d requests, %d rows: %s", requests, timings.rows, timings)
+        self.metrics = context.metrics
+        self.counters.add(values)
+
+    def emit_metrics(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if name.endswith("Ms"):
+                self.metrics.add_time(name, value, None, "ms", self.dimensions, MetricTypes.COUNTER)
+            else:
+                self.metrics.add_counter(name, value, None, self.dimensions)
 
 
 def asks_explanation(headers: dict) -> bool:

@@ -28,6 +28,7 @@
     maas bench explain                   an explanation's latency on each server, and its cost to predictions
     maas bench compression               a model and its compressed students: size, accuracy, speed (reports/)
     maas bench train-image               maas train image's recipes vs a plain CNN on generated folders (reports/)
+    maas bench peers                     the same models on LitServe, BentoML, KServe, FastAPI, plain TorchServe
     maas bench generate ARTIFACT         a language model's tokens/s, TTFT, ITL: served, in process, naive, static
 
 ``maas COMMAND --help`` shows each command's options and an example. Each command is the ``main`` of a module
@@ -79,6 +80,7 @@ COMMANDS = {
     ("bench", "compression"): "scripts.benchmarking.compression_table",
     ("bench", "train-image"): "scripts.benchmarking.train_image_bench",
     ("bench", "generate"): "scripts.benchmarking.generate_bench",
+    ("bench", "peers"): "scripts.benchmarking.peers.bench",
 }
 
 

@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="maas-profile-") as tmp:
         root = Path(tmp)
-        build_for_both(model.artifact, root, args.serving)
+        build_for_both(model.artifact, root, args.serving, name=model.name)  # digits.onnx is served as such
         servers = Servers(root)
         try:
             servers.start()

@@ -86,21 +86,37 @@ def test_triton_model_answers_each_request_and_maps_errors(built, held_out_digit
 
 def test_triton_metrics_are_sent_at_most_every_flush_interval_and_none_is_lost(built, held_out_digits, monkeypatch):
     pb, model = triton_digits_model(built)
-    import handlers.triton_model as triton_model  # after the stand-in pb_utils is installed
+    import handlers.batched_counters as batched_counters
 
-    clock = [1000.0]
-    monkeypatch.setattr(triton_model.time, "monotonic", lambda: clock[0])
+    clock, interval = [1000.0], model.pipeline.manifest.serving.metrics_interval_s
+    monkeypatch.setattr(batched_counters.time, "monotonic", lambda: clock[0])
     rows_key = ("maas_rows_total", (("model", "digits"), ("version", "1")))
     before = pb.MetricFamily.totals.get(rows_key, 0)
     request = lambda n: pb.InferenceRequest([pb.Tensor("PIXELS", held_out_digits[0][:n].astype(np.float32))])  # noqa: E731
     model.execute([request(2)])  # the first batch is sent at once
     assert pb.MetricFamily.totals[rows_key] - before == 2
-    clock[0] += triton_model.METRICS_FLUSH_S / 2
+    clock[0] += interval / 2
     model.execute([request(3)])  # within the interval: kept, not sent
     assert pb.MetricFamily.totals[rows_key] - before == 2
-    clock[0] += triton_model.METRICS_FLUSH_S
+    clock[0] += interval
     model.execute([request(1)])  # the interval passed: everything kept is sent
     assert pb.MetricFamily.totals[rows_key] - before == 6
+
+
+def test_torchserve_metrics_kept_within_the_interval_are_handed_over_once_batches_stop(built, held_out_digits):
+    """TorchServe's metrics may be recorded off the request thread: a timer hands over what the last batches left."""
+    from handlers.torchserve_handler import MaasHandler
+
+    model_dir = built / "unpacked-metrics"
+    zipfile.ZipFile(built / "store" / "digits.mar").extractall(model_dir)
+    handler, context = MaasHandler(), FakeContext(str(model_dir))
+    handler.initialize(context)
+    png = digit_png(held_out_digits[0][0])
+    handler.handle([{"body": png}] * 2, context)  # the first batch is handed over at once
+    handler.handle([{"body": png}] * 3, context)  # within the interval: kept
+    assert context.metrics.totals["MaasRows"] == 2 and context.metrics.totals["MaasBatches"] == 1
+    time.sleep(handler.pipeline.manifest.serving.metrics_interval_s + 0.5)  # no batch comes: the timer fires
+    assert context.metrics.totals["MaasRows"] == 5 and context.metrics.totals["MaasBatches"] == 2
 
 
 def test_a_request_past_its_deadline_is_refused_uncomputed_and_its_batch_answered(built, held_out_digits):
