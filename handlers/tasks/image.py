@@ -146,18 +146,17 @@ class ImageClassifier(Classifier):
 
     def _validate_pixels(self, row: Any) -> np.ndarray:
         """Pixel values in the model's own scale (0..pixel_max) -> float32 in [0, 1]."""
-        try:
-            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused below
-                pixels = np.asarray(row, dtype=np.float32)
+        try:  # float64 first: a value beyond float32 stays finite, and is refused by the range check
+            pixels = np.asarray(row, dtype=np.float64)
         except (TypeError, ValueError):
             raise InvalidInput(f"pixels must be a numeric array of shape {list(self.pixel_shape)}") from None
         if pixels.shape != self.pixel_shape:
             raise InvalidInput(f"pixels have shape {list(pixels.shape)}; expected {list(self.pixel_shape)}")
-        if not np.isfinite(pixels).all():
-            raise InvalidInput("pixels contain NaN or infinite values")
-        if pixels.min() < 0 or pixels.max() > self.pixel_max:
+        if not (pixels.min() >= 0 and pixels.max() <= self.pixel_max):  # NaN fails both comparisons
+            if not np.isfinite(pixels).all():
+                raise InvalidInput("pixels contain NaN or infinite values")
             raise InvalidInput(f"pixel values must lie in [0, {self.pixel_max:g}]")
-        return pixels / self.pixel_max
+        return (pixels / self.pixel_max).astype(np.float32)
 
 
 def _as_bytes(value: Any) -> bytes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import tritonclient.http as triton_http
 
 from scripts import REPO_ROOT
 from scripts.serving.keys import bearer
@@ -147,13 +148,10 @@ def wait_answering(running: Running, body: bytes, timeout: float, log: Path) -> 
 
 
 def label_in(reply) -> str | None:
-    """The first label in a reply: a ``label`` key at any depth, or Triton's ``LABEL`` output."""
+    """The first label in a JSON reply: a ``label`` key at any depth."""
     if isinstance(reply, dict):
         if "label" in reply:
             return str(reply["label"])
-        for output in reply.get("outputs", []):
-            if output.get("name") == "LABEL":
-                return str(output["data"][0])
         reply = list(reply.values())
     if isinstance(reply, list):
         return next((found for item in reply if (found := label_in(item)) is not None), None)
@@ -166,5 +164,10 @@ def labels_from(url: str, headers: dict, bodies: list[tuple[bytes, int | None]])
     with httpx.Client(timeout=60) as client:
         for body, json_size in bodies:
             extra = {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)}
-            labels.append(label_in(json.loads(client.post(url, content=body, headers={**headers, **extra}).content)))
+            reply = client.post(url, content=body, headers={**headers, **extra})
+            if size := reply.headers.get("Inference-Header-Content-Length"):  # Triton's binary tensors
+                result = triton_http.InferenceServerClient.parse_response_body(reply.content, header_length=int(size))
+                labels.append(result.as_numpy("LABEL").reshape(-1)[0].decode())
+            else:
+                labels.append(label_in(json.loads(reply.content)))
     return labels
