@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import tritonclient.http as triton_http
 
 from scripts import ARTIFACTS_DIR, REPO_ROOT, at_least, positive
-from scripts.benchmarking.bench_servers import Servers, build_for_both
+from scripts.benchmarking.bench_servers import Servers, build_for_both, interrupt
 from scripts.benchmarking.loadgen import Workload
 from scripts.benchmarking.peers.stacks import PEERS, PEERS_BY_KEY, Running, labels_from
 from scripts.benchmarking.wrk_load import HttpTarget, ensure_wrk, wrk_point
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-rows", type=at_least(1), default=50)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "peers")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)  # a stopped run stops every server it started
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.stacks = [s for s in args.stacks.split(",") if s]
     if unknown := sorted(set(args.stacks) - set(stacks)):
