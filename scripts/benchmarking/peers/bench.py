@@ -6,7 +6,8 @@ user would pick instead (``stacks.PEERS``), under the same wrk load, one stack a
 
 Every stack gets the same held-out rows as JSON (``{"pixels": [[...]]}`` or ``{"text": "..."}``) in the body its
 API defines (BentoML and KServe wrap the row in their list); Triton gets the same values as its tensors (binary).
-Our servers are built from the artifacts exactly as ``maas build`` builds them (explainers off) and started
+Our servers are built from the artifacts as ``maas build --format <the artifact's own>`` builds them (explainers
+off) and started
 privately; each peer runs ``apps/user_model.py``, plain ONNX Runtime / transformers code, with the stack's
 batching on. Before its load, each stack answers the first ``--check-rows`` rows one by one, and the report counts
 how many of its labels agree with our TorchServe's. Each point: wrk closed loop, the cores each side used.
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as triton_http
 
+from handlers.artifact import read_manifest
 from scripts import ARTIFACTS_DIR, REPO_ROOT, at_least, positive
 from scripts.benchmarking.bench_servers import Servers, build_for_both, interrupt
 from scripts.benchmarking.loadgen import Workload
@@ -89,8 +91,9 @@ def checked(target: HttpTarget, count: int, reference: list | None) -> dict:
 
 
 def run_ours(args, models: dict[str, Path], root: Path, results: dict, reference: dict) -> None:
-    for name, artifact in models.items():
-        build_for_both(artifact, root, {}, name=name, explain=False)
+    for name, artifact in models.items():  # in the artifact's own format: eager stays eager (not the int8 default)
+        fmt = read_manifest(artifact).model.get("format", "eager")
+        build_for_both(artifact, root, {}, name=name, explain=False, fmt=fmt)
     servers = Servers(root)
     try:
         servers.start()
