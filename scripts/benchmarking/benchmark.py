@@ -104,14 +104,16 @@ def run(args) -> dict:
                 where = {"model_store": root / "model_store", "triton_repository": None}
                 if server == "triton":
                     where = {"model_store": None, "triton_repository": root / "model_repository"}
-                build(model.artifact, **where, serving=serving)
+                # served under the artifact's name (digits.onnx too), without explainers: they are not measured here
+                build(model.artifact, **where, name=model.name, serving=serving, explain=False)
                 if args.naive:  # the same model, one request per forward pass
-                    build(model.artifact, **where, name=f"{model.name}_naive", serving={**serving, "max_batch_size": 1})
+                    build(model.artifact, **where, name=f"{model.name}_naive", serving={**serving, "max_batch_size": 1},
+                          explain=False)  # fmt: skip
                 if args.ceiling:  # a constant answer with the same inputs, outputs and batch settings
                     ceiling = root / "ceilings" / model.name
                     if not ceiling.exists():
                         write_ceiling_artifact(model.artifact, ceiling, f"{model.name}_ceiling")
-                    build(ceiling, **where, serving=serving, fmt="eager")
+                    build(ceiling, **where, serving=serving, fmt="eager", explain=False)
             result["models"][model.name]["served"] = {
                 name: served_settings(root, name) for name in dict.fromkeys(served_name(model.name, s) for s in series)
             }

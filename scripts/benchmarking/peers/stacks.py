@@ -51,6 +51,7 @@ class Peer:
     setup: str  # how it is configured, for the report
     venv: str | None = None  # a key of PINS: installed in its own environment
     wrap: str = "{row}"  # the body around one JSON row
+    path: str = "/predict"  # where the app answers
 
     def body(self, row: bytes) -> bytes:
         head, tail = self.wrap.split("{row}")
@@ -59,30 +60,26 @@ class Peer:
     def python(self) -> Path:
         return peer_venv(self.venv) / "bin" / "python" if self.venv else Path(sys.executable)
 
+    def command(self, artifact: Path, port: int, grpc_port: int) -> list[str]:
+        if self.key == "bentoml":
+            return [str(self.python()), "-m", "bentoml", "serve", "bentoml_app:Classifier", "--host", "127.0.0.1",
+                    "--port", str(port)]  # fmt: skip
+        return [str(self.python()), f"{self.key}_app.py", str(artifact), str(port), str(grpc_port)]
+
     def start(self, artifact: Path, workdir: Path, first_row: bytes, timeout: float = 180) -> Running:
         workdir.mkdir(parents=True, exist_ok=True)
         if self.key == "torchserve_handler":
             return start_torchserve_handler(artifact, workdir)
         port, grpc_port = free_ports(2)
-        python, paths = str(self.python()), {
-            "litserve": ("litserve_app.py", "/predict"),
-            "fastapi": ("fastapi_app.py", "/predict"),
-            "kserve": ("kserve_app.py", "/v1/models/model:predict"),
-            "bentoml": (None, "/predict"),
-        }  # fmt: skip
-        script, path = paths[self.key]
-        command = [python, script, str(artifact), str(port), str(grpc_port)]
-        if self.key == "bentoml":
-            command = [python, "-m", "bentoml", "serve", "bentoml_app:Classifier", "--host", "127.0.0.1",
-                       "--port", str(port)]  # fmt: skip
         env = {**os.environ, "MAAS_PEER_ARTIFACT": str(artifact), "PYTHONPATH": str(APPS),
                "BENTOML_HOME": str(workdir / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}  # fmt: skip
-        with open(workdir / f"{self.key}.log", "ab") as log:
-            process = subprocess.Popen(command, cwd=APPS, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
-        running = Running(f"http://127.0.0.1:{port}{path}", process, {"Content-Type": "application/json"})
+        log = workdir / f"{self.key}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(self.command(artifact, port, grpc_port), cwd=APPS, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        running = Running(f"http://127.0.0.1:{port}{self.path}", process, {"Content-Type": "application/json"})
         try:
-            wait_answering(running, self.body(first_row), timeout, workdir / f"{self.key}.log")
+            wait_answering(running, self.body(first_row), timeout, log)
         except BaseException:
             running.stop()
             raise
@@ -94,7 +91,8 @@ PEERS = [
     Peer("litserve", "LitServe", "max_batch_size 16, batch_timeout 1 ms, 1 worker", venv="litserve"),
     Peer("bentoml", "BentoML", "adaptive batching (max_batch_size 16), 1 worker", venv="bentoml",
          wrap='{"rows": [{row}]}'),
-    Peer("kserve", "KServe ModelServer", "v1 protocol, 1 worker, no batching", wrap='{"instances": [{row}]}'),
+    Peer("kserve", "KServe ModelServer", "v1 protocol, 1 worker, no batching", wrap='{"instances": [{row}]}',
+         path="/v1/models/model:predict"),
     Peer("fastapi", "FastAPI + uvicorn", "one request per call, 1 worker"),
 ]  # fmt: skip
 PEERS_BY_KEY = {peer.key: peer for peer in PEERS}
