@@ -44,16 +44,18 @@ class TorchRunner:
 class OnnxRunner:
     """An ONNX Runtime session; torch tensors in and out, so the pipeline's postprocessing is unchanged."""
 
-    def __init__(self, path: Path, device: str, input_names: list[str] | None = None, threads: int = 0):
+    def __init__(self, path: Path, device: str, input_names: list[str] | None = None, threads: int = 0,
+                 spinning: bool = False):  # fmt: skip
         import onnxruntime as ort  # only artifacts in ONNX formats need it
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else None
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers would flood server logs
-        # No busy-waiting between runs: a server shares its cores with its frontend, other models and clients.
+        # No busy-waiting between runs unless asked: a server shares its cores with its frontend, other models and
+        # clients.
         # Measured with a competing process on 2 cores, int8 MiniLM at batch 1: 134-144 items/s without spinning,
         # 108-129 with it.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per physical core
         self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         # The task's input names, in order, fed to the session's inputs in order: exports made here use the same
@@ -83,10 +85,12 @@ def load_runner(
     input_names: list[str],
     eager: Callable[[], torch.nn.Module],
     threads: int = 0,
+    spinning: bool = False,
 ) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
     """The runner for the manifest's ``model`` section; ``eager`` builds the task's module for eager artifacts.
     ``threads``: intra-op threads of one forward pass (the manifest's ``serving.threads``; 0 = the runtime's
-    default, every core). PyTorch's is per process: it is set for the whole worker or stub."""
+    default, every core). PyTorch's is per process: it is set for the whole worker or stub. ``spinning``: ONNX
+    Runtime's threads spin between runs (``serving.onnx_spinning``)."""
     if threads < 0:
         raise ValueError(f"serving.threads must be 0 (the runtime's default) or more, not {threads}")
     fmt = model_format(model)
@@ -97,4 +101,4 @@ def load_runner(
     path = Path(artifact_dir) / model["file"]
     if fmt == "torchscript":
         return TorchRunner(torch.jit.load(str(path), map_location=device).eval(), input_names)
-    return OnnxRunner(path, device, input_names, threads)
+    return OnnxRunner(path, device, input_names, threads, spinning)

@@ -139,6 +139,7 @@ class Pipeline(ABC):
             list(self.MODEL_INPUTS),
             lambda: self.eager_module(self.manifest, self.artifact_dir),
             self.manifest.serving.threads,
+            bool(self.manifest.serving.onnx_spinning),
         )
 
     def forward(self, batch: Any) -> Any:

@@ -23,6 +23,9 @@ class ServingSettings:
     max_batch_delay_ms: float = 0.0
     workers: int = 1  # processes running the model: TorchServe workers, Triton instances
     threads: int = 0  # intra-op threads of one forward pass; 0: the runtime's default
+    # ONNX models: 1 lets ONNX Runtime's threads spin between runs. Faster one request at a time (int8 MiniLM at
+    # batch 1), slower under load, when the spinning threads take the cores the server's front end needs.
+    onnx_spinning: int = 0
     response_timeout_s: int = 60  # TorchServe's per-request timeout
     # The longest a request waits in Triton's queue for the model; past it, it is refused (503 "Request timeout
     # expired", gRPC UNAVAILABLE) and never computed. A request may ask for less (its `timeout` parameter, in
@@ -64,6 +67,8 @@ class ServingSettings:
         if self.explain_steps > self.explain_max_steps:
             raise ValueError(f"serving.explain_steps ({self.explain_steps}) is above serving.explain_max_steps "
                              f"({self.explain_max_steps})")  # fmt: skip
+        if self.onnx_spinning > 1:
+            raise ValueError(f"serving.onnx_spinning must be 0 or 1, not {self.onnx_spinning!r}")
         if self.threshold > 1:
             raise ValueError(f"serving.threshold must be between 0 and 1, not {self.threshold!r}")
         for server in SERVERS:

@@ -196,3 +196,7 @@ def test_serving_threads_sets_the_runtime_threads_of_one_forward_pass(artifacts)
     assert runner.session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(ValueError, match="serving.threads must be 0"):
         load_runner(manifest.model, out, "cpu", ["pixels"], eager=None, threads=-1)
+    spinning = lambda runner: runner.session.get_session_options().get_session_config_entry(  # noqa: E731
+        "session.intra_op.allow_spinning")  # fmt: skip
+    assert spinning(runner) == "0"  # off unless serving.onnx_spinning asks for it
+    assert spinning(load_runner(manifest.model, out, "cpu", ["pixels"], eager=None, spinning=True)) == "1"
