@@ -82,47 +82,49 @@ def measure(key: str, target: HttpTarget, pids: list[int], args) -> list[dict]:
     return points
 
 
-def checked(target: HttpTarget, count: int, reference: list | None) -> dict:
-    """Labels of the first ``count`` rows, one request at a time, and how many agree with ``reference``."""
+def checked(target: HttpTarget, count: int, reference: dict[str, list], model: str) -> dict:
+    """Labels of the first ``count`` rows, one request at a time, and how many agree with ``reference[model]``;
+    the first stack checked on a model (maas on TorchServe) sets the reference."""
     labels = labels_from(target.url, target.headers, target.bodies[:count])
-    if reference is None:
+    if model not in reference:
+        reference[model] = labels
         return {"labels": labels}
-    return {"labels": labels, "agree": sum(a == b for a, b in zip(labels, reference, strict=True)), "of": count}
+    agree = sum(a == b for a, b in zip(labels, reference[model], strict=True))
+    return {"labels": labels, "agree": agree, "of": count}
 
 
-def run_ours(args, models: dict[str, Path], root: Path, results: dict, reference: dict) -> None:
+def run_ours(args, models: dict[str, Path], rows: dict[str, list], root: Path, results: dict, reference: dict) -> None:
     for name, artifact in models.items():  # in the artifact's own format: eager stays eager (not the int8 default)
         fmt = read_manifest(artifact).model.get("format", "eager")
         build_for_both(artifact, root, {}, name=name, explain=False, fmt=fmt)
     servers = Servers(root)
     try:
         servers.start()
-        for name, artifact in models.items():
-            rows = [json.dumps(row).encode() for row in held_out_rows(artifact)]
-            tensors = [triton_body(row) for row in held_out_rows(artifact)]
-            servers.wait_torchserve_model(name, Workload(rows, "application/json", None))
-            for key, target in our_targets(servers, name, rows, tensors).items():
+        for name in models:
+            bodies = [json.dumps(row).encode() for row in rows[name]]
+            tensors = [triton_body(row) for row in rows[name]]
+            servers.wait_torchserve_model(name, Workload(bodies, "application/json", None))
+            for key, target in our_targets(servers, name, bodies, tensors).items():
                 if key not in args.stacks:
                     continue
-                if key == "maas_torchserve" or name not in reference:
-                    reference[name] = checked(target, args.check_rows, None)["labels"]
-                check = checked(target, args.check_rows, reference[name])
+                check = checked(target, args.check_rows, reference, name)
                 pid = (servers.torchserve if key == "maas_torchserve" else servers.triton).process.pid
                 results[key][name] = {"check": check, "points": measure(f"{key} {name}", target, [pid], args)}
     finally:
         servers.stop()
 
 
-def run_peer(key: str, args, models: dict[str, Path], root: Path, results: dict, reference: dict) -> None:
+def run_peer(key: str, args, models: dict[str, Path], rows: dict[str, list], root: Path, results: dict,
+             reference: dict) -> None:  # fmt: skip
     peer = PEERS_BY_KEY[key]
     for name, artifact in models.items():
-        rows = [json.dumps(row).encode() for row in held_out_rows(artifact)]
+        bodies = [json.dumps(row).encode() for row in rows[name]]
         started = time.perf_counter()
-        running: Running = peer.start(artifact, root / key / name, rows[0])
+        running: Running = peer.start(artifact, root / key / name, bodies[0])
         try:
             print(f"{peer.label} serving {name} in {time.perf_counter() - started:.0f}s", flush=True)
-            target = HttpTarget(running.url, running.headers, [(peer.body(row), None) for row in rows])
-            check = checked(target, args.check_rows, reference.get(name))
+            target = HttpTarget(running.url, running.headers, [(peer.body(body), None) for body in bodies])
+            check = checked(target, args.check_rows, reference, name)
             results[key][name] = {"check": check, "points": measure(f"{key} {name}", target, [running.process.pid],
                                                                    args)}  # fmt: skip
         finally:
@@ -160,13 +162,14 @@ def main(argv: list[str] | None = None) -> int:
               "labels": {**OURS, **{p.key: p.label for p in PEERS}},
               "results": {s: {} for s in args.stacks}}  # fmt: skip
     print(f"load average at start: {report['load_average_at_start']}", flush=True)
-    reference: dict[str, list] = {}
+    reference: dict[str, list] = {}  # per model, the labels the first stack checked answered
+    rows = {name: held_out_rows(artifact) for name, artifact in models.items()}  # read once, sent to every stack
     with tempfile.TemporaryDirectory(prefix="maas-peers-") as tmp:
         if set(OURS) & set(args.stacks):
-            run_ours(args, models, Path(tmp) / "maas", report["results"], reference)
+            run_ours(args, models, rows, Path(tmp) / "maas", report["results"], reference)
         for key in args.stacks:
             if key not in OURS:
-                run_peer(key, args, models, Path(tmp), report["results"], reference)
+                run_peer(key, args, models, rows, Path(tmp), report["results"], reference)
     from scripts.benchmarking.peers.report import write_report  # here for matplotlib's import cost
 
     for path in write_report(report, args.out):
