@@ -1,12 +1,15 @@
-"""TorchServe adapter for language models: continuous batching, one decoding step per ``handle`` call.
+"""TorchServe adapter for language models: continuous batching, each ``handle`` call a round of chunks.
 
 The archive sets ``continuousBatching: true`` (``scripts/packaging/generation_build.py``). TorchServe then calls
-``handle`` with every request in flight: new ones carry their body and join the engine at this step; running ones
-come back with their id only. Each call is one engine step, and each request gets this step's chunk: a streamed
-request an NDJSON line per step with new text (``{"text_output": delta, ...}``), a whole-answer request nothing until
-its one JSON answer. ``context.stopping_criteria`` tells TorchServe which requests have ended. A client that
-disconnects (HTTP) or cancels (gRPC) is dropped by TorchServe: its id is missing from the next call, and its
-sequence is cancelled at that step, freeing its slot.
+``handle`` with every request in flight: new ones carry their body and are handed to the engine; running ones come
+back with their id only. The engine steps on its own thread (an ``EngineLoop``), so the next step is computed while
+TorchServe writes this round's chunks; ``handle`` takes what the steps since the last call produced (one step's, or
+several merged when the front end is the slower) and each request gets its chunk: a streamed request an NDJSON line
+with the new text (``{"text_output": delta, ...}``), a whole-answer request nothing until its one JSON answer. The
+engine runs at most ``STEPS_AHEAD`` steps past the last ``handle``. ``context.stopping_criteria`` tells TorchServe
+which requests have ended. A client that disconnects (HTTP) is dropped by TorchServe: its id is missing from the next
+call, and its sequence is cancelled before the next step, freeing its slot; when nothing else is in flight no call
+comes, and the engine stops within ``STEPS_AHEAD`` steps all the same.
 
 The OpenAI-compatible API comes through the same handler: TorchServe passes the path after
 ``/predictions/<model>/<version>/`` as the ``url_path`` header, so ``.../predictions/<model>/1.0/v1`` is a base URL
@@ -31,7 +34,9 @@ import torch
 
 from handlers.errors import InternalError, InvalidInput, ServingError, as_serving_error
 from handlers.generation.engine import Event
-from handlers.generation.metrics import GenerationMetrics, publish_torchserve
+from handlers.generation.loop import EngineLoop
+from handlers.generation.mailbox import Mailbox
+from handlers.generation.metrics import GenerationMetrics, StepMetrics, publish_torchserve
 from handlers.generation.openai_api import SSE_DONE, ModelCard, OpenAIError, error_body, models_list, parse, sse
 from handlers.generation.openai_reply import Reply
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
@@ -41,6 +46,8 @@ from handlers.torchserve_handler import VERSION_HEADER, request_body, served_ver
 log = rate_limited(__name__)
 STREAM_TYPE, ANSWER_TYPE, SSE_TYPE = "application/x-ndjson", "application/json", "text/event-stream"
 OPENAI_PREFIX = "v1/"
+TAKE_TIMEOUT_S = 1.0  # a round with no news by then goes out empty (TorchServe writes no chunk for an empty body)
+STEPS_AHEAD = 2  # steps the engine may run past the last handle call: the overlap, and the run-on after a disconnect
 GRPC_REFUSAL = (
     "language models on TorchServe answer over HTTP only (POST /predictions/<model>): TorchServe 0.12's gRPC drops "
     "a continuous-batching request after its first chunk; Triton's gRPC streams them"
@@ -107,6 +114,9 @@ class GenerationHandler:
         self.card: ModelCard | None = None
         self.flights: dict[str, _Flight] = {}
         self.metrics, self.version = GenerationMetrics(), "1"
+        self.mailbox = Mailbox()
+        self.steps: list[StepMetrics] = []  # measured on the engine thread, published by handle
+        self.loop: EngineLoop | None = None
 
     def initialize(self, context) -> None:
         properties = context.system_properties
@@ -116,14 +126,15 @@ class GenerationHandler:
         engine = self.service.engine
         self.card = ModelCard(context.model_name, engine.tokenizer, engine.max_context, self.service.max_tokens_limit)
         self.version = served_version(context)
+        self.loop = EngineLoop(engine, name=f"engine-{context.model_name}", on_step=self.after_step,
+                               pace=lambda: self.mailbox.wait_room(STEPS_AHEAD))  # fmt: skip
         log.info("loaded language model %s on %s", self.service.name, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
-        engine = self.service.engine
         ids = [context.get_request_id(idx) for idx in range(len(data))]
         for gone in set(self.flights) - set(ids):  # TorchServe dropped it: the client went away
             for engine_id, _ in self.flights.pop(gone).choices:
-                engine.cancel(engine_id)  # its "cancelled" event comes out of this step (and is counted)
+                self.loop.cancel(engine_id)  # its "cancelled" event is counted, and answers nobody
         replies: dict[int, _Reply] = {}
         for idx, (request_id, item) in enumerate(zip(ids, data, strict=True)):
             if request_id not in self.flights:
@@ -139,9 +150,11 @@ class GenerationHandler:
                     if retry_after:  # refused for load (429): when to come back
                         context.set_response_header(idx, "Retry-After", str(retry_after))
                     replies[idx] = _Reply(body, True, False, ANSWER_TYPE)
-        stepped = engine.step() if engine.has_work else []
-        events = {event.request_id: event for event in stepped}
-        self.record_metrics(stepped, context)
+        events: dict[str, list[Event]] = {}
+        if any(request_id in self.flights for request_id in ids):  # something is generating: wait for its news
+            for event in self.mailbox.take(timeout=TAKE_TIMEOUT_S):
+                events.setdefault(event.request_id, []).append(event)
+        self.publish_metrics(context)
         for idx, request_id in enumerate(ids):
             if idx not in replies:
                 replies[idx] = self.reply(request_id, events)
@@ -150,22 +163,26 @@ class GenerationHandler:
     def admit(self, request_id: str, item: dict, route: str) -> tuple[int, str, int | None] | None:
         """Parse a new request and queue its choices in the engine; an answer to send at once (a refusal, or the
         model list) as (status, JSON body, Retry-After seconds or None)."""
+        submitted: list[str] = []
         try:
             if route == "v1/models":
                 return 200, json.dumps(models_list([self.card.name])), None
             choices, out = self.plan(route, request_body(item))
-            self.service.engine.admit(len(choices))  # Overloaded (429): they would wait too long for a slot
+            self.loop.admit(len(choices))  # Overloaded (429): they would wait too long for a slot
+            for index, choice in enumerate(choices):
+                submitted.append(f"{request_id}/{index}")
+                self.metrics.arrived(submitted[-1])
+                self.loop.submit(submitted[-1], choice.prompt, choice.params, self.mailbox.put, admitted=True)
         except Exception as exc:
+            for engine_id in submitted:  # the choices queued before one failed: nobody will read them
+                self.metrics.forget(engine_id)
+                self.loop.cancel(engine_id)
             if not isinstance(exc, ServingError):
                 log.exception("could not queue a generation request")
             error = as_serving_error(exc)
             body = json.dumps(error_body(error) if route else {"error": error.to_json()})
             return error.http_status, body, getattr(error, "retry_after_s", None)
-        engine_ids = [f"{request_id}/{i}" for i in range(len(choices))]
-        for engine_id, choice in zip(engine_ids, choices, strict=True):
-            self.service.engine.add(engine_id, choice.prompt, choice.params)
-            self.metrics.arrived(engine_id)
-        self.flights[request_id] = _Flight(list(zip(engine_ids, map(Answers, choices), strict=True)), out)
+        self.flights[request_id] = _Flight(list(zip(submitted, map(Answers, choices), strict=True)), out)
         return None
 
     def plan(self, route: str, body) -> tuple[list[GenerateRequest], NativeOut | OpenAIOut]:
@@ -183,28 +200,39 @@ class GenerationHandler:
         choices = [GenerateRequest(c.prompt, c.params, stream=True, exclude_input=True) for c in request.choices]
         return choices, OpenAIOut(Reply(request))
 
-    def record_metrics(self, events: list[Event], context) -> None:
-        """Never fails a step: a fault here is logged, and the chunks still go out."""
+    def after_step(self, events: list[Event]) -> None:
+        """On the engine thread: the step's metrics for the next ``handle`` to publish; never fails the step."""
+        self.mailbox.step_done()
         try:
             engine = self.service.engine
-            step = self.metrics.step(events, engine.running, engine.waiting)
-            publish_torchserve(context.metrics, step, version_dimensions(self.version))
+            self.steps.append(self.metrics.step(events, engine.running, engine.waiting))
+        except Exception:
+            log.exception("could not measure a step")
+
+    def publish_metrics(self, context) -> None:
+        """Never fails a round: a fault here is logged, and the chunks still go out."""
+        steps, self.steps = self.steps, []
+        try:
+            for step in steps:
+                publish_torchserve(context.metrics, step, version_dimensions(self.version))
         except Exception:
             log.exception("could not record metrics")
 
-    def reply(self, request_id: str, events: dict[str, Event]) -> _Reply:
-        """This step's chunk for one request: what its choices' events make (maybe nothing new), or its end."""
+    def reply(self, request_id: str, events: dict[str, list[Event]]) -> _Reply:
+        """This round's chunk for one request: what its choices' events make (maybe nothing new), or its end."""
         flight = self.flights[request_id]
         out, parts = flight.out, []
         for index, (engine_id, answers) in enumerate(flight.choices):
-            event = events.get(engine_id)
-            if event is not None and event.finish_reason == "error":
-                for other, _ in flight.choices:
-                    self.service.engine.cancel(other)
-                parts.append(out.fail(InternalError(event.error or "generation failed")))
+            for event in events.get(engine_id, []):
+                if event.finish_reason == "error":
+                    for other, _ in flight.choices:
+                        self.loop.cancel(other)
+                    parts.append(out.fail(InternalError(event.error or "generation failed")))
+                    break
+                if (answer := answers.next(event)) is not None:
+                    parts.append(out.add(index, answer))
+            if out.done:
                 break
-            if event is not None and (answer := answers.next(event)) is not None:
-                parts.append(out.add(index, answer))
         sent_before, flight.sent = flight.sent, True
         if out.done:
             del self.flights[request_id]

@@ -2,10 +2,12 @@
 
 ``execute`` parses each request, hands it to the ``EngineLoop`` and returns at once (as Triton's vLLM backend
 does), so requests join the running batch at the next decoding step while others decode. Answers go out through
-each request's response sender from the engine thread: one response per step with new text when streaming
-(``generate_stream``, gRPC ``ModelStreamInfer``), one whole answer otherwise (``generate``); the last carries
-``TRITONSERVER_RESPONSE_COMPLETE_FINAL``. The loop polls ``request.is_cancelled()`` before every step: a client
-that closes its stream or cancels its call ends its sequence there, and its slot is free for the next request.
+each request's response sender on the loop's delivery thread, not the engine's (each send is a round trip to the
+server process): a response with the new text when streaming (``generate_stream``, gRPC ``ModelStreamInfer``), one
+step's worth or, when sending lags behind the engine, several steps' merged; one whole answer otherwise
+(``generate``); the last carries ``TRITONSERVER_RESPONSE_COMPLETE_FINAL``. The delivery thread also asks
+``request.is_cancelled()`` every few milliseconds: a client that closes its stream or cancels its call ends its
+sequence at the next step, and its slot is free for the next request.
 
 Tensors follow Triton's LLM backends: inputs ``text_input``, ``stream``, ``sampling_parameters`` (JSON),
 ``exclude_input_in_output``; output ``text_output``; plus ``finish_reason``, ``prompt_tokens`` and
@@ -47,7 +49,8 @@ class TritonPythonModel:
         self.service = GenerationService(artifact_dir(args), device=device(args))
         self.metrics = GenerationMetrics()
         self.published = TritonMetrics(args["model_name"], str(args["model_version"]))
-        self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics)
+        self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics,
+                               deliver_apart=True)  # fmt: skip
         self.ids = itertools.count()
         log.info("loaded language model %s", self.service.name)
 

@@ -2,10 +2,16 @@
 
 Server adapters call ``submit`` from their request threads (or ``stream`` for a blocking iterator). Validation runs in
 the caller's thread, so a bad request is answered with its 4xx before any token; the request is then handed to the
-engine thread, which alone touches the engine, and each event comes back through the request's ``on_event`` (called
-on the engine thread: it must be quick, e.g. put into a queue or send a chunk). Before every step the loop asks each
-request's ``is_cancelled`` (Triton's ``request.is_cancelled``, a closed HTTP connection) and cancels those that say so;
-an ``on_event`` that raises means its consumer is gone, so that request is cancelled too and the others go on.
+engine thread, which alone touches the engine. Each event comes back through the request's ``on_event``, and each
+request's ``is_cancelled`` (Triton's ``request.is_cancelled``, a closed HTTP connection) is asked whether its client
+is gone; an ``on_event`` that raises means its consumer is gone too. Either way that request is cancelled at the next
+step and the others go on.
+
+Where ``on_event`` and ``is_cancelled`` run: by default on the engine thread, after and before each step (they must
+be quick: put into a queue). With ``deliver_apart=True`` a delivery thread of its own calls them, so that slow ones
+(Triton's response senders are a round trip to the server process each) never hold a step up: each step's events
+wait in a ``Mailbox``, merged per request while the delivery thread is busy, and ``is_cancelled`` is asked every
+``CANCEL_POLL_S`` at most.
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from handlers.generation.engine import GENERIC_ERROR, Engine, Event
+from handlers.generation.mailbox import Mailbox
 from handlers.generation.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 STOPPING = "server stopping"
+CANCEL_POLL_S = 0.005  # with deliver_apart: how often each request's is_cancelled is asked, at most
 
 
 @dataclass
@@ -33,17 +42,25 @@ class EngineLoop:
     """Owns an ``Engine`` and runs its ``step()`` on a background thread."""
 
     def __init__(self, engine: Engine, name: str = "generation-engine",
-                 on_step: Callable[[list[Event]], None] | None = None):  # fmt: skip
-        """``on_step`` sees every step's events after they are delivered (metrics); it must not raise."""
+                 on_step: Callable[[list[Event]], None] | None = None, deliver_apart: bool = False,
+                 pace: Callable[[], None] | None = None):  # fmt: skip
+        """``on_step`` sees every step's events on the engine thread (metrics); it must not raise. ``deliver_apart``:
+        call ``on_event`` and ``is_cancelled`` on a delivery thread of their own (see the module's notes). ``pace`` is
+        called on the engine thread before each step and may block to hold the engine back (``Mailbox.wait_room``)."""
         self.engine = engine
-        self._on_step = on_step
+        self._on_step, self._pace = on_step, pace
         self._cond = threading.Condition()
         self._subscribers: dict[str, _Subscriber] = {}  # every request not finished yet, whatever its stage
         self._inbox: list[tuple[str, list[int], SamplingParams]] = []
         self._cancels: list[str] = []
         self._stopping = False
+        self._mailbox = Mailbox() if deliver_apart else None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        self._delivery = None
+        if deliver_apart:
+            self._delivery = threading.Thread(target=self._run_delivery, name=f"{name}-delivery", daemon=True)
+            self._delivery.start()
 
     def submit(
         self,
@@ -52,18 +69,26 @@ class EngineLoop:
         params: SamplingParams,
         on_event: Callable[[Event], None],
         is_cancelled: Callable[[], bool] | None = None,
+        admitted: bool = False,
     ) -> None:
-        """Check the request here (``InvalidInput`` propagates), then queue it for the engine thread."""
+        """Check the request here (``InvalidInput`` propagates), then queue it for the engine thread. ``admitted``:
+        ``admit`` already let it in (with the other choices of its request)."""
         ids = self.engine.prepare(prompt, params)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the generation engine is stopping")
-            self.engine.admit(queued=len(self._inbox))  # Overloaded (429): it would wait too long for a slot
+            if not admitted:
+                self.engine.admit(queued=len(self._inbox))  # Overloaded (429): it would wait too long for a slot
             if request_id in self._subscribers:
                 raise ValueError(f"request {request_id!r} is already in the engine")
             self._subscribers[request_id] = _Subscriber(on_event, is_cancelled)
             self._inbox.append((request_id, ids, params))
             self._cond.notify()
+
+    def admit(self, count: int = 1) -> None:
+        """``Overloaded`` (429) if ``count`` more requests would wait too long for a slot."""
+        with self._cond:
+            self.engine.admit(count, queued=len(self._inbox))
 
     def cancel(self, request_id: str) -> None:
         """The request ends at the next step with a "cancelled" event; an unknown id is ignored."""
@@ -94,6 +119,9 @@ class EngineLoop:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout)
+        if self._delivery is not None:  # it delivers what the engine thread ended with, then stops
+            self._mailbox.close()
+            self._delivery.join(timeout)
 
     # --- the engine thread -------------------------------------------------------------------------------------
 
@@ -120,27 +148,53 @@ class EngineLoop:
                 self.engine.add(request_id, ids, params)
             except Exception as exc:  # checked at submit already; only a race could land here
                 log.warning("request %s refused by the engine: %s", request_id, exc)
-                self._deliver(Event(request_id, "", [], True, "error", len(ids), 0, GENERIC_ERROR))
+                self._emit(Event(request_id, "", [], True, "error", len(ids), 0, GENERIC_ERROR))
+        if self._mailbox is None:
+            cancels += self._gone()
         for request_id in cancels:
             self.engine.cancel(request_id)
-        for request_id, subscriber in list(self._subscribers.items()):
-            if subscriber.is_cancelled is not None and _asks_to_cancel(subscriber):
-                self.engine.cancel(request_id)
+        if self._pace is not None:
+            self._pace()
         events = self.engine.step()
         for event in events:
-            self._deliver(event)
+            self._emit(event)
         if self._on_step is not None:
             self._on_step(events)
 
     def _abort(self, inbox: list[tuple[str, list[int], SamplingParams]], error: str) -> None:
         events = [Event(rid, "", [], True, "error", len(ids), 0, error) for rid, ids, _ in inbox]
         for event in events + self.engine.abort_all(error):
+            self._emit(event)
+
+    def _emit(self, event: Event) -> None:
+        if self._mailbox is None:
             self._deliver(event)
+        else:
+            self._mailbox.put(event)
+
+    def _run_delivery(self) -> None:
+        polled = 0.0
+        while True:
+            events = self._mailbox.take(timeout=CANCEL_POLL_S)
+            for event in events:
+                self._deliver(event)
+            if time.monotonic() - polled >= CANCEL_POLL_S:
+                polled = time.monotonic()
+                for request_id in self._gone():
+                    self.cancel(request_id)
+            if not events and self._mailbox.closed:
+                return
+
+    def _gone(self) -> list[str]:
+        """The requests whose ``is_cancelled`` says their client went away."""
+        with self._cond:
+            subscribers = list(self._subscribers.items())
+        return [rid for rid, sub in subscribers if sub.is_cancelled is not None and _asks_to_cancel(sub)]
 
     def _deliver(self, event: Event) -> None:
-        subscriber = self._subscribers.get(event.request_id)
-        if event.finished:
-            with self._cond:
+        with self._cond:
+            subscriber = self._subscribers.get(event.request_id)
+            if event.finished:
                 self._subscribers.pop(event.request_id, None)
         if subscriber is None:
             return  # its consumer went away (on_event raised) and the request was cancelled
@@ -150,7 +204,7 @@ class EngineLoop:
             log.warning("on_event of request %s raised; cancelling it", event.request_id, exc_info=True)
             with self._cond:
                 self._subscribers.pop(event.request_id, None)
-            self.engine.cancel(event.request_id)
+            self.cancel(event.request_id)
 
 
 def _asks_to_cancel(subscriber: _Subscriber) -> bool:

@@ -154,10 +154,15 @@ def run(args) -> dict:
     workload = make_workload(engine.tokenizer, prompts, text, max(levels.values()), args.mean_output, args.max_output,
                              engine.max_context, manifest.serving.max_tokens_limit, args.seed)  # fmt: skip
     modes, failures = {}, {}
+    served_threads = torch.get_num_threads()  # what load_engine set: the servers' default
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the references own the machine: every core
     modes["in-process"] = run_levels("in-process", levels, workload, engine_levels(engine, args.timeout))
     naive = Engine(engine.model, engine.tokenizer, max_running=1, max_context=engine.max_context)
     modes["naive"] = run_levels("naive", levels, workload, engine_levels(naive, args.timeout))
     modes["static"] = run_levels("static", levels, workload, static_levels(engine.model, engine.tokenizer, workload[0]))
+    torch.set_num_threads(served_threads)
+    served = run_levels("in-process-served", levels, workload, engine_levels(engine, args.timeout))
+    modes["in-process-served"] = served
     del engine, naive  # the servers load their own copies
     for kind in args.servers:
         try:
@@ -170,7 +175,7 @@ def run(args) -> dict:
         "meta": {
             "command": " ".join(["maas bench generate", *args.argv]), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})",
+            f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})", "served_threads": served_threads,
             "cores": os.cpu_count(),
             "load_average_start": [round(x, 2) for x in load_start],
             "load_average_end": [round(x, 2) for x in load_end],
@@ -235,7 +240,10 @@ def render_markdown(result: dict) -> str:
         "every gap between chunks with text, pooled (chunks that come in bursts make small gaps; TPOT, a request's "
         "time after its first chunk per token after the first, shows the pace all the same). static is not "
         "streamed: its TTFT is the whole batch. "
-        f"{client_line}in-process runs the served engine with no server in between: it bounds what a server can do.",
+        f"{client_line}in-process runs the served engine with no server in between, on every core (as do naive "
+        "and static): it bounds what a server can do. in-process-served is the same engine at the servers' default "
+        f"of {meta.get('served_threads', '?')} intra-op thread(s) (every core but one, which the server's front end "
+        "needs): not a target, it shows what that setting costs without a server.",
         *[f"**{kind} failed**: {why}" for kind, why in result.get("server_failures", {}).items()],
         "", "## Targets", "", targets_table(result["targets"]), "", "## Every mode and level", "",
         levels_table(modes), "", "![tokens/s and TTFT against concurrency](generate.png)", "",

@@ -31,7 +31,7 @@ from handlers.generation.loop import EngineLoop
 from handlers.generation.sampling import SamplingParams
 from scripts.training.lm_artifact import context_length, plain_greedy
 
-IN_PROCESS, SERVERS = ("in-process", "naive", "static"), ("torchserve", "triton")
+IN_PROCESS, SERVERS = ("in-process", "naive", "static", "in-process-served"), ("torchserve", "triton")
 TARGET_C = 16  # where the targets are read (the highest level measured when 16 is not)
 WARMUP_TOKENS = 4
 MIN_OUTPUT = 4  # planned new tokens, at least

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -166,7 +167,6 @@ LONG = {"max_tokens": 240, "temperature": 0, "ignore_eos": True}
 
 
 def wait_for(condition, timeout: float = 20.0) -> None:
-    import time
 
     deadline = time.monotonic() + timeout
     while not condition():
@@ -176,19 +176,24 @@ def wait_for(condition, timeout: float = 20.0) -> None:
 
 def test_a_client_that_goes_away_frees_its_slot_on_torchserve(torchserve):
     """The client reads one chunk and closes the connection: TorchServe drops the request and calls the handler no
-    more for it (with nothing else in flight, it calls it not at all: no step runs for nobody). At the next step,
-    when another request arrives, the handler cancels the sequence: counted as cancelled, its slot free."""
+    more for it (with nothing else in flight, it calls it not at all, and the engine stops a couple of steps after
+    the last call: no generation runs on for nobody). When another request arrives, the handler cancels the sequence:
+    counted as cancelled, its slot free."""
     url = f"{torchserve.inference_url}/predictions/lm_gpt2"
     scrape = lambda: httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10).text  # noqa: E731
     before = metric(scrape(), "maas_request_finished_cancelled_total", ModelName="lm_gpt2")
+    generated = metric(scrape(), "maas_generation_tokens_total", ModelName="lm_gpt2")
     with httpx.stream("POST", url, json={"text_input": "the model", "stream": True, **LONG},
                       headers=bearer(torchserve.inference_key), timeout=60) as response:  # fmt: skip
         assert response.status_code == 200
         first = next(response.iter_lines())
         assert json.loads(first)["finish_reason"] is None
+    time.sleep(1.0)  # an engine left running would generate all 240 tokens by now
     assert torchserve_generate(torchserve, "lm_gpt2", {"text_input": "hi", "max_tokens": 2})[0] == 200
     wait_for(lambda: metric(scrape(), "maas_request_finished_cancelled_total", ModelName="lm_gpt2") == before + 1)
     wait_for(lambda: metric(scrape(), "maas_num_requests_running", ModelName="lm_gpt2") == 0)
+    ran_on = metric(scrape(), "maas_generation_tokens_total", ModelName="lm_gpt2") - generated - 2
+    assert ran_on < LONG["max_tokens"] // 4, f"the cancelled sequence generated {ran_on} tokens"
 
 
 def test_a_cancelled_grpc_stream_frees_its_slot_on_triton(triton):

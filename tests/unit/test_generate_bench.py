@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import httpx
 import numpy as np
@@ -189,7 +190,8 @@ def test_the_in_process_modes_on_a_tiny_model(tmp_path):
     result = json.loads((tmp_path / "reports" / "generate.json").read_text())
     planned = [r["output_tokens"] for r in result["workload"]["requests"]]
     assert len(planned) == 4 and all(MIN_OUTPUT <= n <= 8 for n in planned)
-    assert list(result["modes"]) == ["in-process", "naive", "static"]
+    assert list(result["modes"]) == ["in-process", "naive", "static", "in-process-served"]
+    assert result["meta"]["served_threads"] == max(1, len(os.sched_getaffinity(0)) - 1)
     for mode, points in result["modes"].items():
         assert [p["concurrency"] for p in points] == [1, 2], mode
         for p in points:

@@ -1,0 +1,76 @@
+"""Events held per request until taken: merging, order, and an engine paced by its consumer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from handlers.generation import Engine, EngineLoop, Event, SamplingParams
+from handlers.generation.mailbox import Mailbox
+from tests.unit.lm_fixtures import tiny_lm
+
+
+def event(rid: str, text: str, ids: list[int], reason: str | None = None, tokens: int = 0) -> Event:
+    return Event(rid, text, ids, reason is not None, reason, 3, tokens, "boom" if reason == "error" else None)
+
+
+def test_a_request_s_waiting_steps_merge_into_one_event_and_requests_keep_their_order():
+    box = Mailbox()
+    box.put(event("a", "he", [1], tokens=1))
+    box.put(event("b", "x", [9], tokens=1))
+    box.put(event("a", "llo", [2], tokens=2))
+    box.put(event("a", "!", [3], "length", tokens=3))
+    taken = box.take(timeout=0)
+    assert [(e.request_id, e.text, e.token_ids, e.finish_reason, e.completion_tokens) for e in taken] == [
+        ("a", "hello!", [1, 2, 3], "length", 3),
+        ("b", "x", [9], None, 1),
+    ]
+    assert box.take(timeout=0) == []
+
+
+def test_an_abrupt_end_is_not_merged_into_the_text_before_it():
+    box = Mailbox()
+    box.put(Event("a", "he", [1], False, None, 3, 1, logprobs=[{"p": 1}]))
+    box.put(Event("a", "y", [2], False, None, 3, 2, logprobs=[{"p": 2}]))
+    box.put(event("a", "", [], "error", tokens=2))
+    first, last = box.take(timeout=0)
+    assert (first.text, first.logprobs, first.finished) == ("hey", [{"p": 1}, {"p": 2}], False)
+    assert (last.finish_reason, last.error) == ("error", "boom")
+
+
+def test_take_waits_for_news_and_close_wakes_it():
+    box = Mailbox()
+    threading.Timer(0.05, box.put, [event("a", "x", [1])]).start()
+    assert [e.text for e in box.take(timeout=5)] == ["x"]
+    threading.Timer(0.05, box.close).start()
+    started = time.monotonic()
+    assert box.take(timeout=5) == [] and time.monotonic() - started < 4
+    assert box.closed and box.take(timeout=5) == []  # closed: no more waiting
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory) -> Engine:
+    torch.set_num_threads(1)
+    path = tiny_lm("gpt2", tmp_path_factory.mktemp("tiny_gpt2") / "gpt2")
+    return Engine(AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), 4)
+
+
+def test_a_paced_engine_runs_at_most_its_steps_ahead_of_the_consumer(gpt2):
+    box = Mailbox()
+    loop = EngineLoop(gpt2, on_step=lambda events: box.step_done(), pace=lambda: box.wait_room(2))
+    try:
+        loop.submit("r", "the", SamplingParams(max_tokens=40, ignore_eos=True), box.put)
+        time.sleep(0.5)  # nobody takes: the engine stops after two steps
+        held = box.take(timeout=5)
+        assert len(held) == 1 and len(held[0].token_ids) == 2 and not held[0].finished
+        events = held
+        while not events[-1].finished:
+            events += box.take(timeout=5)
+        assert events[-1].finish_reason == "length" and sum(len(e.token_ids) for e in events) == 40
+    finally:
+        box.close()
+        loop.stop()
