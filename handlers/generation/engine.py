@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,14 +173,20 @@ class Engine:
         return len(self._waiting)
 
     @torch.inference_mode()
-    def step(self) -> list[Event]:
-        """Admit, prefill, decode once, and return one event per request that produced a token or ended."""
+    def step(self, on_prefilled: Callable[[list[Event]], None] | None = None) -> list[Event]:
+        """Admit, prefill, decode once, and return one event per request that produced a token or ended.
+
+        ``on_prefilled`` is handed the events so far (newcomers' first tokens, cancellations) before the decode, so
+        they can go out while the running rows decode; they are then not returned."""
         events = [self._end(s, "cancelled") for s in [*self._waiting, *self._rows] if s.cancelled]
         if events:
             self._waiting = deque(s for s in self._waiting if not s.cancelled)
             self._evict()
         joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_running - len(self._rows)))]
         prefilled = [(group, self._prefill(group, events)) for group in _prefill_groups(joining)]
+        if on_prefilled is not None and events and self._rows:
+            on_prefilled(events)
+            events = []
         if self._rows:
             self._decode(events)
         self._evict()

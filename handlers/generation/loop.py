@@ -155,16 +155,25 @@ class EngineLoop:
             self.engine.cancel(request_id)
         if self._pace is not None:
             self._pace()
-        events = self.engine.step()
-        for event in events:
-            self._emit(event)
+        early: list[Event] = []
+        if self._mailbox is not None:  # first tokens go out while the running rows decode
+            events = self.engine.step(on_prefilled=lambda prefilled: self._emit_all(prefilled, early))
+        else:
+            events = self.engine.step()
+        self._emit_all(events)
         if self._on_step is not None:
-            self._on_step(events)
+            self._on_step(early + events)
 
     def _abort(self, inbox: list[tuple[str, list[int], SamplingParams]], error: str) -> None:
         events = [Event(rid, "", [], True, "error", len(ids), 0, error) for rid, ids, _ in inbox]
         for event in events + self.engine.abort_all(error):
             self._emit(event)
+
+    def _emit_all(self, events: list[Event], seen: list[Event] | None = None) -> None:
+        for event in events:
+            self._emit(event)
+        if seen is not None:
+            seen.extend(events)
 
     def _emit(self, event: Event) -> None:
         if self._mailbox is None:

@@ -74,3 +74,19 @@ def test_a_paced_engine_runs_at_most_its_steps_ahead_of_the_consumer(gpt2):
     finally:
         box.close()
         loop.stop()
+
+
+def test_newcomers_first_tokens_can_go_out_before_the_running_rows_decode(gpt2):
+    greedy = SamplingParams(max_tokens=6, ignore_eos=True, temperature=0)
+    alone = gpt2.generate("a newcomer", greedy)[1]
+    gpt2.add("running", "the", greedy)
+    gpt2.step()
+    gpt2.add("new", "a newcomer", greedy)
+    early: list[list[Event]] = []
+    late = gpt2.step(on_prefilled=early.append)
+    assert [(e.request_id, e.token_ids) for e in early[0]] == [("new", alone[:1])]
+    assert [e.request_id for e in late] == ["running"]  # decoded after the newcomer's token was handed out
+    events = [e for e in early[0] + late if e.request_id == "new"]
+    while gpt2.has_work:
+        events += [e for e in gpt2.step(on_prefilled=early.append) if e.request_id == "new"]
+    assert [t for e in events for t in e.token_ids] == alone  # the same tokens as alone
