@@ -27,6 +27,7 @@ A request without HTTP headers came over gRPC: it is refused at once, with a mes
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from handlers.errors import InternalError, InvalidInput, ServingError, as_servin
 from handlers.generation.engine import Event
 from handlers.generation.loop import EngineLoop
 from handlers.generation.mailbox import Mailbox
-from handlers.generation.metrics import GenerationMetrics, StepMetrics, publish_torchserve
+from handlers.generation.metrics import GenerationMetrics, StepMetrics, combine, publish_torchserve
 from handlers.generation.openai_api import SSE_DONE, ModelCard, OpenAIError, error_body, models_list, parse, sse
 from handlers.generation.openai_reply import Reply
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
@@ -115,7 +116,7 @@ class GenerationHandler:
         self.flights: dict[str, _Flight] = {}
         self.metrics, self.version = GenerationMetrics(), "1"
         self.mailbox = Mailbox()
-        self.steps: list[StepMetrics] = []  # measured on the engine thread, published by handle
+        self.steps: deque[StepMetrics] = deque()  # measured on the engine thread, published by handle
         self.loop: EngineLoop | None = None
 
     def initialize(self, context) -> None:
@@ -211,10 +212,10 @@ class GenerationHandler:
 
     def publish_metrics(self, context) -> None:
         """Never fails a round: a fault here is logged, and the chunks still go out."""
-        steps, self.steps = self.steps, []
+        steps = [self.steps.popleft() for _ in range(len(self.steps))]  # the engine thread may append meanwhile
         try:
-            for step in steps:
-                publish_torchserve(context.metrics, step, version_dimensions(self.version))
+            if steps:
+                publish_torchserve(context.metrics, combine(steps), version_dimensions(self.version))
         except Exception:
             log.exception("could not record metrics")
 

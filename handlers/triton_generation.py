@@ -32,6 +32,7 @@ from handlers.generation.metrics import (
     PREFIX,
     TTFT_BUCKETS,
     GenerationMetrics,
+    Publisher,
     StepMetrics,
 )
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
@@ -48,7 +49,8 @@ class TritonPythonModel:
         log_to_triton()
         self.service = GenerationService(artifact_dir(args), device=device(args))
         self.metrics = GenerationMetrics()
-        self.published = TritonMetrics(args["model_name"], str(args["model_version"]))
+        published = TritonMetrics(args["model_name"], str(args["model_version"]))
+        self.publisher = Publisher(published.publish, name=f"metrics-{args['model_name']}")
         self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics,
                                deliver_apart=True)  # fmt: skip
         self.ids = itertools.count()
@@ -73,10 +75,11 @@ class TritonPythonModel:
             sender.send(error_response(as_serving_error(exc)), flags=FINAL)
 
     def record_metrics(self, events: list[Event]) -> None:
-        """On the engine thread, after each step; never fails it."""
+        """On the engine thread, after each step: measured here, published on the publisher's thread; never fails
+        the step."""
         try:
             engine = self.service.engine
-            self.published.publish(self.metrics.step(events, engine.running, engine.waiting))
+            self.publisher.put(self.metrics.step(events, engine.running, engine.waiting))
         except Exception:
             log.exception("could not record metrics")
 
@@ -112,8 +115,8 @@ class TritonMetrics:
     def publish(self, step: StepMetrics) -> None:
         for value in step.time_to_first_token:
             self.ttft.observe(value)
-        if step.inter_token_latency is not None:
-            self.itl.observe(step.inter_token_latency)
+        for value in step.inter_token_latency:
+            self.itl.observe(value)
         if step.prompt_tokens:
             self.prompt.increment(step.prompt_tokens)
         if step.generation_tokens:

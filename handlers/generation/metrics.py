@@ -16,12 +16,15 @@ gap, and one observation per token would cost a metrics call per token on both s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from handlers.generation.engine import Event
 
+log = logging.getLogger(__name__)
 PREFIX = "maas_"
 # Buckets of vLLM's histograms, with finer low ones: small models on a CPU answer in milliseconds.
 TTFT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0]
@@ -34,7 +37,7 @@ class StepMetrics:
     """What one step adds: histogram observations, counter increments and the gauges' values."""
 
     time_to_first_token: list[float] = field(default_factory=list)
-    inter_token_latency: float | None = None
+    inter_token_latency: list[float] = field(default_factory=list)  # one gap per step (none for a first step)
     prompt_tokens: int = 0
     generation_tokens: int = 0
     finished: dict[str, int] = field(default_factory=dict)
@@ -76,9 +79,49 @@ class GenerationMetrics:
                     self._arrivals.pop(event.request_id, None)
                     metrics.finished[event.finish_reason] = metrics.finished.get(event.finish_reason, 0) + 1
         if decoded and self._last_step is not None:
-            metrics.inter_token_latency = now - self._last_step
+            metrics.inter_token_latency.append(now - self._last_step)
         self._last_step = now if events else None
         return metrics
+
+
+def combine(steps: list[StepMetrics]) -> StepMetrics:
+    """Several steps' metrics as one: every observation, the counts summed, the last step's gauges."""
+    total = StepMetrics(running=steps[-1].running, waiting=steps[-1].waiting)
+    for step in steps:
+        total.time_to_first_token += step.time_to_first_token
+        total.inter_token_latency += step.inter_token_latency
+        total.prompt_tokens += step.prompt_tokens
+        total.generation_tokens += step.generation_tokens
+        for reason, count in step.finished.items():
+            total.finished[reason] = total.finished.get(reason, 0) + count
+    return total
+
+
+class Publisher:
+    """Publishes steps' metrics on a thread of its own, several steps combined when they wait: a server's metric
+    calls (on Triton each is a round trip to the server process) then never hold the engine up."""
+
+    def __init__(self, publish: Callable[[StepMetrics], None], name: str = "metrics"):
+        self._publish = publish
+        self._cond = threading.Condition()
+        self._waiting: list[StepMetrics] = []
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def put(self, step: StepMetrics) -> None:
+        with self._cond:
+            self._waiting.append(step)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                steps, self._waiting = self._waiting, []
+            try:
+                self._publish(combine(steps))
+            except Exception:
+                log.exception("could not publish metrics")
 
 
 def publish_torchserve(metrics, step: StepMetrics, dimensions: list | None = None) -> None:
@@ -92,8 +135,8 @@ def publish_torchserve(metrics, step: StepMetrics, dimensions: list | None = Non
     histogram, counter, gauge = MetricTypes.HISTOGRAM, MetricTypes.COUNTER, MetricTypes.GAUGE
     for value in step.time_to_first_token:
         add("time_to_first_token_seconds", value, "s", histogram)
-    if step.inter_token_latency is not None:
-        add("inter_token_latency_seconds", step.inter_token_latency, "s", histogram)
+    for value in step.inter_token_latency:
+        add("inter_token_latency_seconds", value, "s", histogram)
     for name in ("prompt_tokens", "generation_tokens"):
         if getattr(step, name):
             add(f"{name}_total", getattr(step, name), "count", counter)

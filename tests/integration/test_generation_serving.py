@@ -214,7 +214,7 @@ def test_a_cancelled_grpc_stream_frees_its_slot_on_triton(triton):
     wait_for(lambda: metric(scrape(), "maas_num_requests_running", model="lm_gpt2") == 0)
     generated = metric(scrape(), "maas_generation_tokens_total", model="lm_gpt2")
     assert triton_generate(triton, "lm_gpt2", {"text_input": "hi", "parameters": {"max_tokens": 2}})[0] == 200
-    assert metric(scrape(), "maas_generation_tokens_total", model="lm_gpt2") == generated + 2
+    wait_for(lambda: metric(scrape(), "maas_generation_tokens_total", model="lm_gpt2") == generated + 2)
     assert metric(scrape(), "maas_time_to_first_token_seconds_count", model="lm_gpt2") >= 2
 
 

@@ -1,4 +1,5 @@
-"""Events held per request until taken: merging, order, and an engine paced by its consumer."""
+"""Getting the engine's output out without holding it up: events held per request until taken (merging, order, an
+engine paced by its consumer), first tokens before the decode, and metrics published off the engine thread."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from handlers.generation import Engine, EngineLoop, Event, SamplingParams
 from handlers.generation.mailbox import Mailbox
+from handlers.generation.metrics import Publisher, StepMetrics, combine
 from tests.unit.lm_fixtures import tiny_lm
 
 
@@ -90,3 +92,29 @@ def test_newcomers_first_tokens_can_go_out_before_the_running_rows_decode(gpt2):
     while gpt2.has_work:
         events += [e for e in gpt2.step(on_prefilled=early.append) if e.request_id == "new"]
     assert [t for e in events for t in e.token_ids] == alone  # the same tokens as alone
+
+
+def test_steps_metrics_combine_and_are_published_off_the_caller_s_thread():
+    first = StepMetrics([0.1], [], 5, 1, {}, running=1, waiting=2)
+    second = StepMetrics([0.2], [0.01], 3, 2, {"length": 1}, running=2, waiting=0)
+    third = StepMetrics([], [0.02], 0, 2, {"length": 1, "stop": 1}, running=0, waiting=0)
+    total = combine([first, second, third])
+    assert (total.time_to_first_token, total.inter_token_latency) == ([0.1, 0.2], [0.01, 0.02])
+    assert (total.prompt_tokens, total.generation_tokens, total.finished) == (8, 5, {"length": 2, "stop": 1})
+    assert (total.running, total.waiting) == (0, 0)  # the gauges as the last step left them
+    published, threads = [], []
+
+    def publish(step: StepMetrics) -> None:
+        threads.append(threading.current_thread())
+        published.append(step)
+        if len(published) == 1:
+            raise RuntimeError("a metrics fault is logged, and publishing goes on")
+
+    publisher = Publisher(publish)
+    for step in (first, second, third):
+        publisher.put(step)
+    deadline = time.monotonic() + 10
+    while sum(s.generation_tokens for s in published) < 5:
+        assert time.monotonic() < deadline, "not published"
+        time.sleep(0.01)
+    assert threading.current_thread() not in threads
