@@ -56,7 +56,7 @@ def test_take_waits_for_news_and_close_wakes_it():
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory) -> Engine:
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # tiny models gain nothing from more (the module's threads are restored after it)
     path = tiny_lm("gpt2", tmp_path_factory.mktemp("tiny_gpt2") / "gpt2")
     return Engine(AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), 4)
 
