@@ -156,24 +156,23 @@ class EngineLoop:
         if self._pace is not None:
             self._pace()
         early: list[Event] = []
-        if self._mailbox is not None:  # first tokens go out while the running rows decode
-            events = self.engine.step(on_prefilled=lambda prefilled: self._emit_all(prefilled, early))
-        else:
-            events = self.engine.step()
+
+        def hand_out(prefilled: list[Event]) -> None:  # with a delivery thread: out while the running rows decode
+            early.extend(prefilled)
+            self._emit_all(prefilled)
+
+        events = self.engine.step(on_prefilled=hand_out if self._mailbox is not None else None)
         self._emit_all(events)
         if self._on_step is not None:
             self._on_step(early + events)
 
     def _abort(self, inbox: list[tuple[str, list[int], SamplingParams]], error: str) -> None:
         events = [Event(rid, "", [], True, "error", len(ids), 0, error) for rid, ids, _ in inbox]
-        for event in events + self.engine.abort_all(error):
-            self._emit(event)
+        self._emit_all(events + self.engine.abort_all(error))
 
-    def _emit_all(self, events: list[Event], seen: list[Event] | None = None) -> None:
+    def _emit_all(self, events: list[Event]) -> None:
         for event in events:
             self._emit(event)
-        if seen is not None:
-            seen.extend(events)
 
     def _emit(self, event: Event) -> None:
         if self._mailbox is None:
