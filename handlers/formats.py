@@ -52,8 +52,8 @@ class OnnxRunner:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers would flood server logs
         # No busy-waiting between runs unless serving.onnx_spinning asks: a server shares its cores with its front
-        # end, other models and clients (A/Bs in docs/settings.md: spinning won for int8 text, lost 17% for the tiny
-        # digits model on TorchServe at concurrency 16).
+        # end, other models and clients (A/Bs in docs/settings.md: spinning wins for int8 text, whose manifests ask
+        # for it, and loses for the tiny digits model under load).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per physical core
         self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])

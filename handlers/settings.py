@@ -23,8 +23,8 @@ class ServingSettings:
     max_batch_delay_ms: float = 0.0
     workers: int = 1  # processes running the model: TorchServe workers, Triton instances
     threads: int = 0  # intra-op threads of one forward pass; 0: the runtime's default
-    # ONNX models: 1 lets ONNX Runtime's threads spin between runs. Faster one request at a time (int8 MiniLM at
-    # batch 1), slower under load, when the spinning threads take the cores the server's front end needs.
+    # ONNX models: 1 lets ONNX Runtime's threads spin between runs. Faster for text models (their manifests set
+    # it); slower for tiny ones under load, whose spinning threads take the cores the server's front end needs.
     onnx_spinning: int = 0
     response_timeout_s: int = 60  # TorchServe's per-request timeout
     # The longest a request waits in Triton's queue for the model; past it, it is refused (503 "Request timeout

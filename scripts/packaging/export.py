@@ -70,6 +70,7 @@ def export(
     source_sha = manifest.files[manifest.model["file"]]
     if is_current(out, source_sha):
         print(f"{out} is a verified {fmt} export of the current weights; reusing it")
+        take_serving_settings(out, manifest)
         return out
 
     start = time.perf_counter()
@@ -107,6 +108,15 @@ def is_current(out: Path, source_sha: str) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return model.get("exported_from") == source_sha and model.get("verification", {}).get("passed") is True
+
+
+def take_serving_settings(out: Path, manifest: Manifest) -> None:
+    """Serving settings edited in the source artifact since its export reach the export too: a reused export
+    would otherwise be built with the settings it was exported with."""
+    exported = read_manifest(out)
+    if exported.serving != manifest.serving:
+        write_artifact_manifest(out, replace(exported, serving=manifest.serving))
+        print(f"{out}: serving settings taken from {manifest.name}'s manifest")
 
 
 def _eager_only(artifact_dir: Path, directory: str, names: list[str], manifest) -> list[str]:

@@ -64,6 +64,23 @@ def test_a_current_export_is_reused_and_a_stale_one_replaced(artifacts):
     assert (first / "model.onnx").stat().st_mtime_ns != stamp
 
 
+def test_a_reused_export_takes_the_serving_settings_edited_in_its_source(artifacts):
+    first = export(artifacts["digits"], "onnx")
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    path = artifacts["digits"] / "pipeline.json"
+    original = path.read_text()
+    source = json.loads(original)
+    source["serving"] |= {"max_batch_size": 7, "triton": {"onnx_spinning": 1}}
+    path.write_text(json.dumps(source))
+    try:
+        assert export(artifacts["digits"], "onnx") == first
+        assert (first / "model.onnx").stat().st_mtime_ns == stamp  # reused, not exported again
+        serving = read_manifest(first).serving  # read_manifest checks every file's checksum
+        assert serving.max_batch_size == 7 and serving.for_server("triton").onnx_spinning == 1
+    finally:
+        path.write_text(original)
+
+
 def test_an_export_that_deviates_is_refused_and_nothing_written(artifacts, tmp_path, monkeypatch):
     real = export_module.write_network
 

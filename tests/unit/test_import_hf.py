@@ -41,6 +41,7 @@ def test_an_imported_model_answers_as_transformers_does(hf_checkpoints, hf_artif
     manifest = read_manifest(artifact)
     assert manifest.labels == list(LABELS.values()) and manifest.preprocess["max_length"] == 128
     assert manifest.model["multi_label"] == (architecture == "multilabel") and (artifact / SELF_CHECK_NAME).is_file()
+    assert manifest.serving.onnx_spinning == 1  # text models spin ONNX Runtime's threads (docs/settings.md)
     served = load_pipeline(artifact)
     answers = served.handle_json([{"text": TEXTS}])[0][1]
     got = np.array([[next(e["probability"] for e in a["top_k"] if e["label"] == lab) for lab in LABELS.values()]
