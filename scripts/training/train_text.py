@@ -152,7 +152,7 @@ def text_manifest(
             "max_rows_per_request": 32,
             "top_k": min(len(labels), 5),
             "max_text_chars": 20000,
-            # ONNX Runtime's threads spin between runs: +13-37% on both servers at c=1, and on Triton under load
+            # ONNX Runtime's threads spin between runs: +15-37% on both servers at c=1, and on Triton under load
             # too, for int8 MiniLM (reports/ab/sentiment.onnx_int8-vs-*onnx_spinning_1.md); not for tiny models.
             "onnx_spinning": 1,
         },  # fmt: skip
