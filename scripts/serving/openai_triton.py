@@ -74,8 +74,10 @@ def _answer(result) -> dict:
         array = result.as_numpy(name)
         return None if array is None else array.reshape(-1)[0].decode()
 
-    usage = {name: int(result.as_numpy(name).reshape(-1)[0]) for name in ("prompt_tokens", "completion_tokens")}
-    answer = {"text_output": text("text_output"), "finish_reason": text("finish_reason") or None, "usage": usage}
+    answer = {"text_output": text("text_output"), "finish_reason": text("finish_reason") or None}
+    if answer["finish_reason"] is not None:  # only the last answer has the counts
+        answer["usage"] = {name: int(result.as_numpy(name).reshape(-1)[0])
+                           for name in ("prompt_tokens", "completion_tokens")}  # fmt: skip
     logprobs = text("logprobs")
     return answer | ({"logprobs": json.loads(logprobs)} if logprobs is not None else {})
 

@@ -85,6 +85,9 @@ def test_greedy_answers_on_both_servers_equal_the_engine_in_process(torchserve, 
         assert lines[-1]["finish_reason"] in ("stop", "length"), (path, lines[-1])
         if path.startswith("ts"):
             assert lines[-1]["usage"]["completion_tokens"] >= 1
+        else:  # Triton: the counts come with the last answer only, as the finish reason does
+            assert lines[-1]["completion_tokens"] >= 1
+            assert not any("completion_tokens" in line or "finish_reason" in line for line in lines[:-1]), lines
 
 
 def test_a_whole_answer_repeats_the_prompt_unless_asked_not_to(torchserve, triton, lm_artifacts, expected):
