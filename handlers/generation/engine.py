@@ -4,13 +4,14 @@ Requests wait in a queue and join the running batch at the next ``step()`` when 
 the newcomers (one left-padded batch, one forward pass) and advances every request that was already running by one
 token (one batched forward pass); a request leaves as soon as it ends, so nobody waits for the longest sequence.
 
-The running batch keeps ONE key/value cache (a transformers ``DynamicCache``), left-padded: row ``i`` holds its
-``cached`` real tokens in the last columns, the columns before are padding, masked out by a ``[B, T]`` attention
-mask rebuilt from the row lengths. Each row gets explicit ``position_ids`` (its own count of real tokens), so models
-with learned absolute positions (GPT-2) and rotary ones (Llama, Qwen2) see the same positions as when alone. While
-membership is unchanged, the cache only grows by the model's own append; when requests join, their prefill cache and
-the batch cache are padded on the left to one length and concatenated on the batch dim; when requests leave, the
-remaining rows are selected and leading columns that are padding in every row are dropped.
+The running batch keeps ONE key/value cache (a transformers ``DynamicCache`` whose layers append in place:
+``kv_cache.py``), left-padded: row ``i`` holds its ``cached`` real tokens in the last columns, the columns before
+are padding, masked out by a ``[B, T]`` attention mask rebuilt from the row lengths. Each row gets explicit
+``position_ids`` (its own count of real tokens), so models with learned absolute positions (GPT-2) and rotary ones
+(Llama, Qwen2) see the same positions as when alone. While membership is unchanged, the cache only grows by the
+model's own append; when requests join, their prefill cache and the batch cache are padded on the left to one length
+and concatenated on the batch dim; when requests leave, the remaining rows are selected and leading columns that are
+padding in every row are dropped.
 
 Only models whose every cache layer is a plain full-attention ``DynamicLayer`` can take this path: sliding-window
 layers (Mistral, Gemma 2/3) and linear-attention / state-space layers (Mamba, Qwen3-Next) keep caches that cannot be
@@ -36,6 +37,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from handlers.errors import InvalidInput
 from handlers.generation.admission import Admission
 from handlers.generation.detokenize import Detokenizer
+from handlers.generation.kv_cache import growing_cache, pad_left
 from handlers.generation.sampling import SamplingParams, sample, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -228,7 +230,7 @@ class Engine:
             mask[i, longest - len(s.prompt_ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
-            cache = DynamicCache(config=self.model.config)
+            cache = growing_cache(self.model.config)
             logits = self._forward(ids, mask, positions, cache)
         except Exception:
             log.exception("prefill of %d requests failed", len(seqs))
@@ -349,8 +351,8 @@ class Engine:
         width = max(s.cached for s in self._rows)
         self._cache = parts[0][1]
         for n, layer in enumerate(self._cache.layers):
-            layer.keys = torch.cat([_pad_left(c.layers[n].keys, width) for _, c in parts])
-            layer.values = torch.cat([_pad_left(c.layers[n].values, width) for _, c in parts])
+            layer.keys = torch.cat([pad_left(c.layers[n].keys, width) for _, c in parts])
+            layer.values = torch.cat([pad_left(c.layers[n].values, width) for _, c in parts])
 
 
 def _prefill_groups(seqs: list[_Sequence]) -> list[list[_Sequence]]:
@@ -367,14 +369,6 @@ def _prefill_groups(seqs: list[_Sequence]) -> list[list[_Sequence]]:
         else:
             groups.append([seq])
     return groups
-
-
-def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
-    """``[B, H, T, D]`` cut or padded with zeros (masked out, never NaN) on the left to ``width`` columns."""
-    missing = width - t.shape[2]
-    if missing <= 0:
-        return t[:, :, -missing:]
-    return torch.cat([t.new_zeros((t.shape[0], t.shape[1], missing, t.shape[3])), t], dim=2)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
