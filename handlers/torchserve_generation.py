@@ -27,6 +27,7 @@ A request without HTTP headers came over gRPC: it is refused at once, with a mes
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ class GenerationHandler:
         self.metrics, self.version = GenerationMetrics(), "1"
         self.mailbox = Mailbox()
         self.steps: deque[StepMetrics] = deque()  # measured on the engine thread, published by handle
+        self.published = 0.0  # when handle last published them (time.monotonic)
         self.loop: EngineLoop | None = None
 
     def initialize(self, context) -> None:
@@ -155,10 +157,10 @@ class GenerationHandler:
         if any(request_id in self.flights for request_id in ids):  # something is generating: wait for its news
             for event in self.mailbox.take(timeout=TAKE_TIMEOUT_S):
                 events.setdefault(event.request_id, []).append(event)
-        self.publish_metrics(context)
         for idx, request_id in enumerate(ids):
             if idx not in replies:
                 replies[idx] = self.reply(request_id, events)
+        self.publish_metrics(context)
         return self.respond([replies[idx] for idx in range(len(ids))], context)
 
     def admit(self, request_id: str, item: dict, route: str) -> tuple[int, str, int | None] | None:
@@ -211,7 +213,14 @@ class GenerationHandler:
             log.exception("could not measure a step")
 
     def publish_metrics(self, context) -> None:
-        """Never fails a round: a fault here is logged, and the chunks still go out."""
+        """The steps since the last time, combined, at most every ``serving.metrics_interval_s`` while requests are
+        in flight, and at once when none is left. Each observation is a log line that the worker writes and the
+        front end parses; published every round (a step, ~150 a second) they cost ~6% of the tokens/s at 16
+        requests. Never fails a round: a fault here is logged, and the chunks still go out."""
+        now = time.monotonic()
+        if self.flights and now - self.published < self.service.manifest.serving.metrics_interval_s:
+            return
+        self.published = now
         steps = [self.steps.popleft() for _ in range(len(self.steps))]  # the engine thread may append meanwhile
         try:
             if steps:
