@@ -252,8 +252,9 @@ class GenerationHandler:
         """Set each reply's content type and whether its stream goes on: TorchServe sends a request's first reply
         with its status line, and a reply that is both first and last as one plain (non-chunked) response."""
         for idx, reply in enumerate(replies):
-            context.set_response_content_type(idx, reply.content_type)
-            context.set_response_header(idx, VERSION_HEADER, self.version)
+            if not reply.sent_before:  # headers go out with the status line only: later chunks need none
+                context.set_response_content_type(idx, reply.content_type)
+                context.set_response_header(idx, VERSION_HEADER, self.version)
         outcome = [None if r.final and not r.sent_before and not r.grpc else r.final for r in replies]
         context.stopping_criteria = [lambda _, stop=stop: stop for stop in outcome]
         return [reply.body for reply in replies]

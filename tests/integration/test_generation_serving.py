@@ -90,6 +90,17 @@ def test_greedy_answers_on_both_servers_equal_the_engine_in_process(torchserve, 
             assert not any("completion_tokens" in line or "finish_reason" in line for line in lines[:-1]), lines
 
 
+def test_torchserve_streams_with_the_content_type_and_version_of_its_first_chunk(torchserve):
+    """Headers go out with the status line: a stream of many chunks (and a whole answer) keeps them."""
+    url = f"{torchserve.inference_url}/predictions/lm_gpt2"
+    for stream, kind in ((True, "application/x-ndjson"), (False, "application/json")):
+        body = {"text_input": "the model", "max_tokens": 12, "ignore_eos": True, "stream": stream}
+        with httpx.stream("POST", url, json=body, headers=bearer(torchserve.inference_key), timeout=60) as response:
+            lines = [line for line in response.iter_lines() if line.strip()]
+        assert response.status_code == 200 and response.headers["content-type"].startswith(kind), response.headers
+        assert response.headers["x-model-version"] == "1" and (len(lines) > 1 if stream else len(lines) == 1), lines
+
+
 def test_a_whole_answer_repeats_the_prompt_unless_asked_not_to(torchserve, triton, lm_artifacts, expected):
     prompt = stable_prompts(lm_artifacts["gpt2"])[0]
     body = {"text_input": prompt, **GREEDY}
