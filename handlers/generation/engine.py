@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 
 from handlers.errors import InvalidInput
 from handlers.generation.admission import Admission
 from handlers.generation.detokenize import Detokenizer
-from handlers.generation.kv_cache import growing_cache, pad_left
+from handlers.generation.kv_cache import check_batchable, growing_cache, keep_rows, stack_rows
 from handlers.generation.sampling import SamplingParams, sample, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Engine:
         max_queue_wait_s: float = 0.0,
     ):
         """``max_queue_wait_s``: refuse (429) a request whose expected wait for a slot is longer (0: never)."""
-        _check_model(model)
+        check_batchable(model)
         if max_running < 1:
             raise ValueError(f"max_running must be at least 1, not {max_running}")
         self.model = model.to(device).eval()
@@ -326,11 +326,7 @@ class Engine:
         if not keep or self._cache is None:
             self._rows, self._cache = [], None
             return
-        index = torch.tensor(keep, device=self.device)
-        drop = self._cache.get_seq_length() - max(s.cached for s in self._rows)
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, drop:]
-            layer.values = layer.values.index_select(0, index)[:, :, drop:]
+        keep_rows(self._cache, keep, drop=self._cache.get_seq_length() - max(s.cached for s in self._rows))
 
     def _join(self, prefilled: list[tuple[list[_Sequence], DynamicCache | None]]) -> None:
         """Append the newcomers still running to the batch cache, all left-padded to one length, in one concat."""
@@ -340,19 +336,13 @@ class Engine:
             if cache is None or not keep:
                 continue
             if len(keep) < len(group):  # some ended at their first token
-                index = torch.tensor(keep, device=self.device)
-                for layer in cache.layers:
-                    layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+                keep_rows(cache, keep)
             parts.append(([group[i] for i in keep], cache))
         if len(parts) <= 1 and (not parts or parts[0][1] is self._cache):
             return
         self._rows = [s for rows, _ in parts for s in rows]
         # Columns before the longest remaining sequence are padding in every row: leave them out.
-        width = max(s.cached for s in self._rows)
-        self._cache = parts[0][1]
-        for n, layer in enumerate(self._cache.layers):
-            layer.keys = torch.cat([pad_left(c.layers[n].keys, width) for _, c in parts])
-            layer.values = torch.cat([pad_left(c.layers[n].values, width) for _, c in parts])
+        self._cache = stack_rows([cache for _, cache in parts], width=max(s.cached for s in self._rows))
 
 
 def _prefill_groups(seqs: list[_Sequence]) -> list[list[_Sequence]]:
@@ -377,20 +367,3 @@ def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
     found = [getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)]
     flat = [v for value in found for v in (value if isinstance(value, (list, tuple)) else [value])]
     return frozenset(v for v in flat if isinstance(v, int))
-
-
-def _check_model(model: Any) -> None:
-    """Refuse, with the reason, a model whose cache cannot be left-padded, merged and trimmed (module docstring)."""
-    config = model.config
-    family = getattr(config, "model_type", type(model).__name__)
-    if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"{family} is an encoder-decoder; the engine serves decoder-only causal LMs")
-    if "position_ids" not in inspect.signature(model.forward).parameters:
-        raise ValueError(f"{family} takes no position_ids; the engine's left-padded batches need them")
-    layers = DynamicCache(config=config).layers
-    odd = sorted({type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer})
-    if odd:
-        raise ValueError(
-            f"{family} keeps {', '.join(odd)} cache layers (sliding-window or linear attention); the engine's "
-            "left-padded batch cache supports full-attention layers only"
-        )

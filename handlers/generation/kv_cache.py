@@ -1,4 +1,5 @@
-"""The running batch's key/value cache: transformers' ``DynamicCache`` with layers that append in place.
+"""The running batch's key/value cache: transformers' ``DynamicCache`` with layers that append in place, the row
+operations the engine does on it (rows leave: ``keep_rows``; rows join: ``stack_rows``), and which models qualify.
 
 A ``DynamicLayer`` appends each step's new column with ``torch.cat``, so every decoding step copies the whole cache
 of every layer (~19% of a step's samples in process: py-spy, the demo LM at 16 sequences). ``GrowingLayer`` keeps
@@ -9,6 +10,9 @@ Measured: a step at 16 sequences 5% shorter (4 of 4 interleaved rounds); the cop
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -65,3 +69,37 @@ def pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     if missing <= 0:
         return t[:, :, -missing:]
     return torch.cat([t.new_zeros((t.shape[0], t.shape[1], missing, t.shape[3])), t], dim=2)
+
+
+def keep_rows(cache: DynamicCache, rows: list[int], drop: int = 0) -> None:
+    """Keep only ``rows`` of every layer, less the first ``drop`` columns (padding in every row kept)."""
+    index = torch.tensor(rows, device=cache.layers[0].keys.device)
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)[:, :, drop:]
+        layer.values = layer.values.index_select(0, index)[:, :, drop:]
+
+
+def stack_rows(caches: list[DynamicCache], width: int) -> DynamicCache:
+    """The caches' rows in one (the first, updated), each left-padded or cut to ``width`` columns."""
+    stacked = caches[0]
+    for n, layer in enumerate(stacked.layers):
+        layer.keys = torch.cat([pad_left(c.layers[n].keys, width) for c in caches])
+        layer.values = torch.cat([pad_left(c.layers[n].values, width) for c in caches])
+    return stacked
+
+
+def check_batchable(model: Any) -> None:
+    """Refuse, with the reason, a model whose cache cannot be left-padded, merged and trimmed (see ``engine.py``)."""
+    config = model.config
+    family = getattr(config, "model_type", type(model).__name__)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{family} is an encoder-decoder; the engine serves decoder-only causal LMs")
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"{family} takes no position_ids; the engine's left-padded batches need them")
+    layers = DynamicCache(config=config).layers
+    odd = sorted({type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer})
+    if odd:
+        raise ValueError(
+            f"{family} keeps {', '.join(odd)} cache layers (sliding-window or linear attention); the engine's "
+            "left-padded batch cache supports full-attention layers only"
+        )
