@@ -110,6 +110,7 @@ class Engine:
         # Logits of the last position only, when the model can (most HF causal LMs): prefill needs no more.
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._logits_kw = {"logits_to_keep": 1} if keep_last else {}
+        self._sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
         self._encode_lock = threading.Lock()  # a fast tokenizer is not safe to encode from two threads at once
         self._waiting: deque[_Sequence] = deque()
         self._rows: list[_Sequence] = []  # running, in the batch cache's row order
@@ -246,7 +247,11 @@ class Engine:
         rows = self._rows
         cached = torch.tensor([s.cached for s in rows])
         width = self._cache.get_seq_length() + 1
-        mask = (torch.arange(width)[None, :] >= (width - 1 - cached)[:, None]).long()
+        mask = torch.arange(width)[None, :] >= (width - 1 - cached)[:, None]
+        # One query per row attends to its own real columns: with SDPA that is the whole mask, given 4D as
+        # transformers would build it (True: attend), which spares building it at every step (-3.5% a step at 16
+        # sequences, 6 of 8 interleaved rounds). Prefill keeps the 2D mask: its padded queries need transformers' fix.
+        mask = mask[:, None, None, :] if self._sdpa else mask.long()
         ids = torch.tensor([[s.output_ids[-1]] for s in rows])
         try:
             logits = self._forward(ids, mask, cached[:, None], self._cache)
