@@ -157,11 +157,13 @@ class EngineLoop:
             self._pace()
         early: list[Event] = []
 
-        def hand_out(prefilled: list[Event]) -> None:  # with a delivery thread: out while the running rows decode
+        def hand_out(prefilled: list[Event]) -> None:
+            # Newcomers' first tokens go out while the running rows decode. On TorchServe that makes an extra
+            # handle round: time to first token -28% at 16 requests (6 of 6 rounds), tokens/s -4 to -6%.
             early.extend(prefilled)
             self._emit_all(prefilled)
 
-        events = self.engine.step(on_prefilled=hand_out if self._mailbox is not None else None)
+        events = self.engine.step(on_prefilled=hand_out)
         self._emit_all(events)
         if self._on_step is not None:
             self._on_step(early + events)
