@@ -6,12 +6,12 @@ token (one batched forward pass); a request leaves as soon as it ends, so nobody
 
 The running batch keeps ONE key/value cache (a transformers ``DynamicCache`` whose layers append in place:
 ``kv_cache.py``), left-padded: row ``i`` holds its ``cached`` real tokens in the last columns, the columns before
-are padding, masked out by a ``[B, T]`` attention mask rebuilt from the row lengths. Each row gets explicit
-``position_ids`` (its own count of real tokens), so models with learned absolute positions (GPT-2) and rotary ones
-(Llama, Qwen2) see the same positions as when alone. While membership is unchanged, the cache only grows by the
-model's own append; when requests join, their prefill cache and the batch cache are padded on the left to one length
-and concatenated on the batch dim; when requests leave, the remaining rows are selected and leading columns that are
-padding in every row are dropped.
+are padding, masked out by a ``[B, T]`` attention mask rebuilt from the row lengths (handed to SDPA models ready as
+``[B, 1, 1, T]`` at a decode step). Each row gets explicit ``position_ids`` (its own count of real tokens), so
+models with learned absolute positions (GPT-2) and rotary ones (Llama, Qwen2) see the same positions as when alone.
+While membership is unchanged, the cache only grows by the model's own append; when requests join, their prefill
+cache and the batch cache are padded on the left to one length and concatenated on the batch dim; when requests
+leave, the remaining rows are selected and leading columns that are padding in every row are dropped.
 
 Only models whose every cache layer is a plain full-attention ``DynamicLayer`` can take this path: sliding-window
 layers (Mistral, Gemma 2/3) and linear-attention / state-space layers (Mamba, Qwen3-Next) keep caches that cannot be

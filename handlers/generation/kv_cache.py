@@ -4,7 +4,7 @@ operations the engine does on it (rows leave: ``keep_rows``; rows join: ``stack_
 A ``DynamicLayer`` appends each step's new column with ``torch.cat``, so every decoding step copies the whole cache
 of every layer (~19% of a step's samples in process: py-spy, the demo LM at 16 sequences). ``GrowingLayer`` keeps
 ``SPARE_COLUMNS`` free columns after the cached ones and writes the new column there; ``keys``/``values`` are views
-of that buffer. When the engine replaces them (rows leave or join: ``index_select``, ``torch.cat``), the next
+of that buffer. When the engine replaces them (rows leave or join: ``keep_rows``, ``stack_rows``), the next
 append sees they are no longer the head of its buffer and starts a new one from them: one copy, as before.
 Measured: a step at 16 sequences 5% shorter (4 of 4 interleaved rounds); the copy saved grows with the context.
 """
