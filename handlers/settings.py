@@ -43,6 +43,10 @@ class ServingSettings:
     # Language models: a request whose expected wait for a slot in the running batch is longer is refused at once
     # (429 with Retry-After; handlers/generation/admission.py). 0: no bound.
     max_queue_wait_s: float = 30.0
+    # Language models: 1 serves with static batching instead of continuous, newcomers waiting max_batch_delay_ms at
+    # most for a full batch: the baseline `maas bench generate` measures continuous batching against. Not for
+    # production.
+    static_batching: int = 0
     # Explanations (handlers/explain): Integrated Gradients' steps by default and at most (a request asking for
     # more is refused, 400), and the points of the path run in one forward pass (bounds memory and latency).
     explain_steps: int = 32
@@ -68,8 +72,9 @@ class ServingSettings:
         if self.explain_steps > self.explain_max_steps:
             raise ValueError(f"serving.explain_steps ({self.explain_steps}) is above serving.explain_max_steps "
                              f"({self.explain_max_steps})")  # fmt: skip
-        if self.onnx_spinning > 1:
-            raise ValueError(f"serving.onnx_spinning must be 0 or 1, not {self.onnx_spinning!r}")
+        for name in ("onnx_spinning", "static_batching"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"serving.{name} must be 0 or 1, not {getattr(self, name)!r}")
         if self.threshold > 1:
             raise ValueError(f"serving.threshold must be between 0 and 1, not {self.threshold!r}")
         for server in SERVERS:

@@ -87,15 +87,21 @@ class Engine:
         max_context: int | None = None,
         device: str | torch.device = "cpu",
         max_queue_wait_s: float = 0.0,
+        static: bool = False,
+        fill_wait_s: float = 0.0,
     ):
-        """``max_queue_wait_s``: refuse (429) a request whose expected wait for a slot is longer (0: never)."""
+        """``max_queue_wait_s``: refuse (429) a request whose expected wait for a slot is longer (0: never).
+        ``static``: static batching, the baseline continuous batching is measured against (``maas bench generate``):
+        newcomers join only an empty batch, and rows that end early stay in it, computed as padding, until its
+        longest ends, as in ``model.generate`` on a padded batch; an ``EngineLoop`` waits ``fill_wait_s`` at most for
+        a full batch."""
         check_batchable(model)
         if max_running < 1:
             raise ValueError(f"max_running must be at least 1, not {max_running}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.device = torch.device(device)
-        self.max_running = max_running
+        self.max_running, self.static, self.fill_wait_s = max_running, static, fill_wait_s
         self.admission = Admission(max_running, max_queue_wait_s)
         config = model.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -175,17 +181,24 @@ class Engine:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def filling(self, queued: int = 0) -> bool:
+        """Static batching only: the batch is empty and too few requests wait to fill it."""
+        return self.static and not self._rows and 0 < len(self._waiting) + queued < self.max_running
+
     @torch.inference_mode()
     def step(self, on_prefilled: Callable[[list[Event]], None] | None = None) -> list[Event]:
         """Admit, prefill, decode once, and return one event per request that produced a token or ended.
 
         ``on_prefilled`` is handed the events so far (newcomers' first tokens, cancellations) before the decode, so
         they can go out while the running rows decode; they are then not returned."""
-        events = [self._end(s, "cancelled") for s in [*self._waiting, *self._rows] if s.cancelled]
+        # (a static batch's padding rows stay in it, ended: they end only once)
+        ending = [s for s in [*self._waiting, *self._rows] if s.cancelled and s.finish_reason is None]
+        events = [self._end(s, "cancelled") for s in ending]
         if events:
             self._waiting = deque(s for s in self._waiting if not s.cancelled)
             self._evict()
-        joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_running - len(self._rows)))]
+        room = 0 if self.static and self._rows else self.max_running - len(self._rows)
+        joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), room))]
         prefilled = [(group, self._prefill(group, events)) for group in _prefill_groups(joining)]
         if on_prefilled is not None and events and self._rows:
             on_prefilled(events)
@@ -261,8 +274,9 @@ class Engine:
             self._rows, self._cache = [], None  # some layers may hold the new column, others not
             return
         for i, s in enumerate(rows):
-            s.cached += 1
-            self._advance(s, logits[i], events)
+            if s.finish_reason is None:  # not a static batch's padding row
+                s.cached += 1
+                self._advance(s, logits[i], events)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache):
         dev = self.device
@@ -325,7 +339,7 @@ class Engine:
     def _evict(self) -> None:
         """Drop ended rows: keep the others' rows, then the columns that are padding in every remaining row."""
         keep = [i for i, s in enumerate(self._rows) if s.finish_reason is None and not s.cancelled]
-        if len(keep) == len(self._rows):
+        if len(keep) == len(self._rows) or (self.static and keep):
             return
         self._rows = [self._rows[i] for i in keep]
         if not keep or self._cache is None:

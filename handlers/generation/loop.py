@@ -130,6 +130,9 @@ class EngineLoop:
             with self._cond:
                 while not (self._inbox or self._cancels or self._stopping or self.engine.has_work):
                     self._cond.wait()
+                if self.engine.filling(len(self._inbox)):  # static batching: a moment for the batch to fill
+                    self._cond.wait_for(lambda: self._stopping or not self.engine.filling(len(self._inbox)),
+                                        timeout=self.engine.fill_wait_s)  # fmt: skip
                 inbox, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, []
                 stopping = self._stopping

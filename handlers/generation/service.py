@@ -70,7 +70,9 @@ def load_engine(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return Engine(model, tokenizer, max_running=manifest.serving.max_batch_size,
                   max_context=manifest.model.get("max_context"), device=device,
-                  max_queue_wait_s=manifest.serving.max_queue_wait_s)  # fmt: skip
+                  max_queue_wait_s=manifest.serving.max_queue_wait_s,
+                  static=bool(manifest.serving.static_batching),
+                  fill_wait_s=manifest.serving.max_batch_delay_ms / 1e3)  # fmt: skip
 
 
 class GenerationService:

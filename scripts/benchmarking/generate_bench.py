@@ -11,7 +11,9 @@ tokens. Modes: ``in-process`` (the served engine, continuous batching, no server
 ``naive`` (the same engine one sequence at a time: a ``model.generate`` per request), ``static`` (HF
 ``model.generate`` on groups of c, left-padded, every row running as long as the group's longest; answered whole),
 ``torchserve`` (HTTP, NDJSON stream) and ``triton`` (HTTP ``generate_stream``, server-sent events: the same client
-and transport as TorchServe's, so the two servers are compared like for like). Each server runs alone on loopback
+and transport as TorchServe's, so the two servers are compared like for like), and at c=16 only each server again
+as its own baselines (``SERVED_BASELINES``): ``torchserve-naive`` (built with ``max_batch_size`` 1) and
+``torchserve-static`` (``static_batching`` 1), the same for Triton. Each server runs alone on loopback
 ports, built into a temporary directory, and is stopped on every exit path. Writes generate.json (every figure and
 request), generate.md (tables, targets) and generate.png under ``--out``.
 """
@@ -37,12 +39,15 @@ from handlers.generation.service import TASK, load_engine
 from scripts import REPO_ROOT
 from scripts.benchmarking.generate_load import (
     IN_PROCESS,
+    SERVED_BASELINES,
     SERVERS,
+    TARGET_C,
     WARMUP_TOKENS,
     Request,
     check_targets,
     describe_workload,
     engine_levels,
+    is_served,
     make_workload,
     served_level,
     static_levels,
@@ -106,7 +111,9 @@ def warm_up(measure_level, workload: list[Request], deadline_s: float) -> None:
         time.sleep(1.0)
 
 
-def run_server(kind: str, artifact: Path, name: str, levels: dict, workload: list[Request], timeout: float) -> list:
+def run_server(kind: str, artifact: Path, name: str, levels: dict, workload: list[Request], timeout: float,
+               serving: dict | None = None, mode: str | None = None) -> list:  # fmt: skip
+    """``kind`` built with the ``serving`` overrides, measured at ``levels``; its points, printed as ``mode``."""
     from scripts.packaging.build import build
     from scripts.serving.keys import bearer
     from scripts.serving.processes import free_ports, stop_process
@@ -117,18 +124,18 @@ def run_server(kind: str, artifact: Path, name: str, levels: dict, workload: lis
         root, instance = Path(tmp), None
         try:
             if kind == "torchserve":
-                build(artifact, root / "model_store", None)
+                build(artifact, root / "model_store", None, serving=serving)
                 instance = start_torchserve(root / "model_store", root / "torchserve")
                 url, headers = f"{instance.inference_url}/predictions/{name}", bearer(instance.inference_key)
             else:
-                build(artifact, None, root / "model_repository")
+                build(artifact, None, root / "model_repository", serving=serving)
                 ports = TritonPorts(*free_ports(3))  # no health probes: they would be requests of their own
                 instance = start_triton(root / "model_repository", ports, root / "triton.log", 300, heal_interval=0)
                 url, headers = f"http://127.0.0.1:{ports.http}/v2/models/{name}/generate_stream", {}
-            print(f"{kind} ready on {url}", flush=True)
+            print(f"{mode or kind} ready on {url}", flush=True)
             measure_level = served_levels(kind, url, headers, timeout)
             warm_up(measure_level, workload, 300)
-            return run_levels(kind, levels, workload, measure_level, pids=[instance.process.pid])
+            return run_levels(mode or kind, levels, workload, measure_level, pids=[instance.process.pid])
         finally:
             if instance is not None:
                 stop_process(instance.process, group=kind == "torchserve")
@@ -164,12 +171,16 @@ def run(args) -> dict:
     served = run_levels("in-process-served", levels, workload, engine_levels(engine, args.timeout))
     modes["in-process-served"] = served
     del engine, naive  # the servers load their own copies
+    top = TARGET_C if TARGET_C in levels else max(levels)
     for kind in args.servers:
-        try:
-            modes[kind] = run_server(kind, args.artifact, manifest.name, levels, workload, args.timeout)
-        except Exception as exc:  # the other server, and what was measured, still make the report
-            failures[kind] = f"{type(exc).__name__}: {exc}"[:500]
-            print(f"{kind} failed: {failures[kind]}", flush=True)
+        runs = [(kind, None, levels)] + [(f"{kind}-{b}", o, {top: levels[top]}) for b, o in SERVED_BASELINES.items()]
+        for mode, overrides, its_levels in runs:
+            try:
+                modes[mode] = run_server(kind, args.artifact, manifest.name, its_levels, workload, args.timeout,
+                                         overrides, mode)  # fmt: skip
+            except Exception as exc:  # the other runs, and what was measured, still make the report
+                failures[mode] = f"{type(exc).__name__}: {exc}"[:500]
+                print(f"{mode} failed: {failures[mode]}", flush=True)
     load_end = os.getloadavg()
     return {
         "meta": {
@@ -206,7 +217,7 @@ def levels_table(modes: dict) -> str:
              number(p["requests_per_s"], 2), number(p["ttft_p50_ms"]), number(p["ttft_p99_ms"]),
              number(p["itl_p50_ms"], 2), number(p["itl_p99_ms"], 2), number(p["tpot_p50_ms"], 2),
              "yes" if p["tokens_match"] else "**no**",
-             number(p["process_cpu_pct"], 0) if mode in SERVERS else "-", number(p.get("server_cores"), 2)]
+             number(p["process_cpu_pct"], 0) if is_served(mode) else "-", number(p.get("server_cores"), 2)]
             for mode, points in modes.items() for p in points]  # fmt: skip
     return table(header, rows)
 
@@ -224,7 +235,7 @@ def render_markdown(result: dict) -> str:
     loads = f"{meta['load_average_start']} at the start, {meta['load_average_end']} at the end"
     busy = [f"**WARNING: the 1-min load average was {meta['load_average_start'][0]} at the start (above "
             f"{BUSY_LOAD:g}): the machine was busy; run again.**", ""] if meta["busy"] else []  # fmt: skip
-    client = [p["process_cpu_pct"] for m in SERVERS for p in modes.get(m, [])]
+    client = [p["process_cpu_pct"] for m, points in modes.items() if is_served(m) for p in points]
     client_line = (f"The load generator used at most {max(client):.0f}% of one core over any server level "
                    f"({'under' if max(client) < CLIENT_LIMIT else '**above**'} {CLIENT_LIMIT:.0f}%: "
                    f"{'it kept up' if max(client) < CLIENT_LIMIT else 'it may have limited the server'}). "
@@ -238,8 +249,11 @@ def render_markdown(result: dict) -> str:
         "Closed loop: c clients, each sending its next request when the previous one ends. Output tok/s: planned "
         "tokens of the completed requests over the level's wall time. TTFT: send to the first chunk with text; ITL: "
         "every gap between chunks with text, pooled (chunks that come in bursts make small gaps; TPOT, a request's "
-        "time after its first chunk per token after the first, shows the pace all the same). static is not "
-        "streamed: its TTFT is the whole batch. "
+        "time after its first chunk per token after the first, shows the pace all the same). static (in process) is "
+        "not streamed: its TTFT is the whole batch. SERVER-naive and SERVER-static, the targets' baselines, are the "
+        "same server built with `max_batch_size` 1 (one sequence at a time) and with `static_batching` 1 (newcomers "
+        "join only an empty batch, waiting 10 ms at most for it to fill; rows that end early are computed as padding "
+        "until the longest ends; each row still streams), measured at the target level only. "
         f"{client_line}in-process runs the served engine with no server in between, on every core (as do naive "
         "and static): it bounds what a server can do. in-process-served is the same engine at the servers' default "
         f"of {meta.get('served_threads', '?')} intra-op thread(s) (every core but one, which the server's front end "

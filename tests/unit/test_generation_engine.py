@@ -100,7 +100,12 @@ def test_greedy_tokens_equal_generate_while_requests_join_and_leave(lms, kind, j
         str(i): (p, SamplingParams(max_tokens=n, **GREEDY))
         for i, (p, n) in enumerate(zip(PROMPTS, MAX_TOKENS, strict=True))
     }
-    events = run(engine, requests, join_every=join_every)
+    assert_generate_answers(model, tokenizer, run(engine, requests, join_every=join_every))
+    assert engine.running == engine.waiting == 0 and engine._cache is None
+
+
+def assert_generate_answers(model, tokenizer, events: dict[str, list[Event]]) -> None:
+    """Request ``str(i)`` (PROMPTS[i], MAX_TOKENS[i], greedy) got ``model.generate``'s tokens, then one end."""
     eos = tokenizer.eos_token_id
     for i, (prompt, n) in enumerate(zip(PROMPTS, MAX_TOKENS, strict=True)):
         inputs = tokenizer(prompt, return_tensors="pt")
@@ -114,7 +119,6 @@ def test_greedy_tokens_equal_generate_while_requests_join_and_leave(lms, kind, j
         assert last.finished and last.prompt_tokens == inputs["input_ids"].shape[1]
         assert last.completion_tokens == len(tokens(events[str(i)]))
         assert all(not e.finished for e in events[str(i)][:-1])
-    assert engine.running == engine.waiting == 0 and engine._cache is None
 
 
 def test_the_batch_cache_keeps_no_column_that_is_padding_in_every_row(lms):
@@ -445,3 +449,60 @@ def test_the_engine_refuses_a_request_once_its_queue_would_take_too_long(lms):
     engine.step()
     with pytest.raises(Overloaded):
         engine.admit()  # it would wait behind "running"
+
+
+def test_static_batching_admits_only_into_an_empty_batch_and_keeps_ended_rows_as_padding(lms):
+    model, tokenizer = lms["llama"]
+    engine = Engine(model, tokenizer, max_running=3, static=True)
+    params = [SamplingParams(max_tokens=n, ignore_eos=True, **GREEDY) for n in MAX_TOKENS]
+    requests = {str(i): (p, params[i]) for i, p in enumerate(PROMPTS)}
+    for rid, (prompt, p) in requests.items():
+        engine.add(rid, prompt, p)
+    seen, step = [], 0
+    while engine.has_work:
+        events = engine.step()
+        seen.append((engine.running, engine.waiting, {e.request_id for e in events}))
+        step += 1
+        assert step < 200
+    # the first three (20, 7 and 13 tokens) hold the batch for 20 steps, the 7- and 13-token rows as padding
+    assert all(running == 3 and waiting == 2 for running, waiting, _ in seen[:19])
+    assert [ids for *_, ids in seen[7:19]] == [{"0", "2"}] * 6 + [{"0"}] * 6
+    assert seen[19] == (0, 2, {"0"})  # the longest ends: the batch empties
+    assert seen[20][:2] == (2, 0)  # then the two that waited join, together
+    assert len(seen) == 20 + 25
+
+
+def test_static_batching_answers_as_generate_does(lms):
+    model, tokenizer = lms["gpt2"]
+    engine = Engine(model, tokenizer, max_running=2, static=True)
+    requests = {
+        str(i): (p, SamplingParams(max_tokens=n, **GREEDY))
+        for i, (p, n) in enumerate(zip(PROMPTS, MAX_TOKENS, strict=True))
+    }
+    assert_generate_answers(model, tokenizer, run(engine, requests, join_every=0))
+
+
+def test_a_cancelled_row_of_a_static_batch_ends_once_and_the_batch_goes_on(lms):
+    model, tokenizer = lms["qwen2"]
+    engine = Engine(model, tokenizer, max_running=2, static=True)
+    long = SamplingParams(max_tokens=6, ignore_eos=True, **GREEDY)
+    for rid in ("a", "b"):
+        engine.add(rid, PROMPTS[1], long)
+    engine.step()
+    engine.cancel("a")
+    ends = [e for _ in range(10) for e in engine.step() if e.finished]
+    assert [(e.request_id, e.finish_reason) for e in ends] == [("a", "cancelled"), ("b", "length")]
+    assert not engine.has_work and engine.running == 0
+
+
+def test_a_static_loop_waits_for_its_batch_to_fill(lms):
+    model, tokenizer = lms["gpt2"]
+    loop = EngineLoop(Engine(model, tokenizer, max_running=2, static=True, fill_wait_s=30))
+    try:
+        first = loop.stream("a", PROMPTS[0], SamplingParams(max_tokens=3, ignore_eos=True), timeout=60)
+        time.sleep(0.3)
+        assert loop.stats() == {"running": 0, "waiting": 1}  # held back for the second
+        second = loop.stream("b", PROMPTS[1], SamplingParams(max_tokens=3, ignore_eos=True), timeout=60)
+        assert [len(tokens(list(s))) for s in (first, second)] == [3, 3]
+    finally:
+        loop.stop()
