@@ -2,7 +2,8 @@
 running batch is refused at once, with 429 and ``Retry-After``, rather than queued behind everyone else.
 
 The wait is estimated from what the engine has measured: requests ahead of this one beyond the free slots, over the
-slots, times the mean time a request took to finish (a moving average of the last ones). Before any request has
+slots, times the mean time a request ran in the batch, from joining it to its end (a moving average of the last
+ones; not from its arrival, or every wait would count twice and the estimate grow with the queue). Before any request has
 finished there is no estimate, and nothing is refused. The ``openai`` client, among others, retries a 429 after the
 ``Retry-After`` it names, with its own backoff.
 """
@@ -25,7 +26,7 @@ class Admission:
         self.mean_s: float | None = None
 
     def finished(self, seconds: float) -> None:
-        """A request ran to its end (not cancelled, not failed) in ``seconds`` from its arrival."""
+        """A request ran to its end (not cancelled, not failed) in ``seconds`` from joining the batch."""
         self.mean_s = seconds if self.mean_s is None else (1 - SMOOTHING) * self.mean_s + SMOOTHING * seconds
 
     def expected_wait_s(self, ahead: int) -> float:

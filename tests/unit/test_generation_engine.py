@@ -439,6 +439,19 @@ def test_admission_refuses_what_would_wait_too_long_and_says_when_to_come_back()
     Admission(slots=2, max_wait_s=0).check(running=2, waiting=10_000)  # 0: no bound
 
 
+def test_the_admission_mean_counts_a_requests_time_running_not_its_wait_before(lms, monkeypatch):
+    model, tokenizer = lms["gpt2"]
+    engine = Engine(model, tokenizer, max_running=1)
+    clock = [0.0]
+    monkeypatch.setattr(engine_module.time, "monotonic", lambda: clock[0])
+    for rid in ("a", "b"):  # both arrive at 0; b waits for a's slot
+        engine.add(rid, PROMPTS[0], SamplingParams(max_tokens=2, ignore_eos=True, **GREEDY))
+    for now in range(4):  # a runs from 0 to 1, b from 2 to 3
+        clock[0] = float(now)
+        engine.step()
+    assert not engine.has_work and engine.admission.mean_s == pytest.approx(1.0)  # from arrival, b's would be 3
+
+
 def test_the_engine_refuses_a_request_once_its_queue_would_take_too_long(lms):
     model, tokenizer = lms["gpt2"]
     engine = Engine(model, tokenizer, max_running=1, max_queue_wait_s=1e-6)
