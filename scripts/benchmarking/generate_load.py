@@ -80,7 +80,7 @@ def make_workload(tokenizer, held_out: Sequence[str], text: str, n: int, mean_ou
 
 
 def describe_workload(seed: int, fixed_n: bool, mean_output: float, max_output: int) -> str:
-    return (f"seed {seed}; per level N = {'--requests' if fixed_n else 'max(16, 4c)'} requests, the first N of one "
+    return (f"seed {seed}; per level N = {'--requests' if fixed_n else 'max(16, 8c)'} requests, the first N of one "
             "sequence; prompts: half the artifact's held-out prompts as recorded, half runs of whole words of its "
             f"held-out prompts and recorded continuations of about {SNIPPET_TOKENS}..{MAX_SNIPPET_TOKENS} tokens "
             f"(log-uniform, at most a quarter of the context); output tokens exponential with mean {mean_output:g}, "
