@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 
 from handlers.errors import InternalError, InvalidInput, ServingError, as_serving_error
-from handlers.generation.engine import Event
 from handlers.generation.loop import EngineLoop
 from handlers.generation.mailbox import Mailbox
 from handlers.generation.metrics import GenerationMetrics, StepMetrics, combine, publish_torchserve
 from handlers.generation.openai_api import SSE_DONE, ModelCard, OpenAIError, error_body, models_list, parse, sse
 from handlers.generation.openai_reply import Reply
+from handlers.generation.sequence import Event
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
 from handlers.log_limit import rate_limited
 from handlers.torchserve_handler import VERSION_HEADER, request_body, served_version, version_dimensions

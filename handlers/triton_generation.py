@@ -24,7 +24,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from handlers.errors import InternalError, InvalidInput, ServingError, as_serving_error
-from handlers.generation.engine import Event
 from handlers.generation.loop import EngineLoop
 from handlers.generation.metrics import (
     FINISH_REASONS,
@@ -35,6 +34,7 @@ from handlers.generation.metrics import (
     Publisher,
     StepMetrics,
 )
+from handlers.generation.sequence import Event
 from handlers.generation.service import Answers, GenerateRequest, GenerationService
 from handlers.log_limit import rate_limited
 from handlers.triton_model import artifact_dir, device, log_to_triton

@@ -3,9 +3,9 @@ running batch is refused at once, with 429 and ``Retry-After``, rather than queu
 
 The wait is estimated from what the engine has measured: requests ahead of this one beyond the free slots, over the
 slots, times the mean time a request ran in the batch, from joining it to its end (a moving average of the last
-ones; not from its arrival, or every wait would count twice and the estimate grow with the queue). Before any request has
-finished there is no estimate, and nothing is refused. The ``openai`` client, among others, retries a 429 after the
-``Retry-After`` it names, with its own backoff.
+ones; not from its arrival, or every wait would count twice and the estimate grow with the queue). Before any
+request has finished there is no estimate, and nothing is refused. The ``openai`` client, among others, retries a
+429 after the ``Retry-After`` it names, with its own backoff.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,43 +38,10 @@ from handlers.generation.admission import Admission
 from handlers.generation.detokenize import Detokenizer
 from handlers.generation.kv_cache import check_batchable, growing_cache, keep_rows, stack_rows
 from handlers.generation.sampling import SamplingParams, sample, token_logprobs
+from handlers.generation.sequence import Event, SequenceState, eos_ids, prefill_groups
 
 log = logging.getLogger(__name__)
 GENERIC_ERROR = "internal error while generating"
-PAD_BUDGET = 2.0  # a prefill batch computes at most this many padded tokens per real one
-
-
-@dataclass
-class Event:
-    """What one request produced in one step: a text delta, its new token ids, and whether (and why) it ended."""
-
-    request_id: str
-    text: str
-    token_ids: list[int]
-    finished: bool
-    finish_reason: str | None  # "stop" | "length" | "cancelled" | "error"
-    prompt_tokens: int
-    completion_tokens: int
-    error: str | None = None
-    logprobs: list[dict] | None = None  # one per token of ``token_ids`` when the request asked for them
-
-
-@dataclass
-class _Sequence:
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    detokenizer: Detokenizer
-    generator: torch.Generator | None
-    output_ids: list[int] = field(default_factory=list)
-    cached: int = 0  # real tokens in the KV cache; the last sampled token is not in it yet
-    cancelled: bool = False
-    finish_reason: str | None = None
-    error: str | None = None
-    logprobs: list[dict] | None = None  # the last sampled token's, for its event
-    # When it joined the batch: the admission's mean counts a request's time running, not its wait before, which
-    # the estimate adds for itself (counting it twice over-refused: 32 of 64 requests at c=16 with one slot).
-    joined_at: float | None = None
 
 
 class Engine:
@@ -113,17 +79,17 @@ class Engine:
             raise ValueError(f"max_context {max_context} is beyond the model's {limit} positions")
         self.max_context = int(max_context or limit)
         self.vocab_size = model.get_input_embeddings().num_embeddings
-        self.eos_ids = _eos_ids(tokenizer, model)
+        self.eos_ids = eos_ids(tokenizer, model)
         self._pad_id = min(self.eos_ids, default=0)  # any id will do: padding is masked out
         # Logits of the last position only, when the model can (most HF causal LMs): prefill needs no more.
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._logits_kw = {"logits_to_keep": 1} if keep_last else {}
         self._sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
         self._encode_lock = threading.Lock()  # a fast tokenizer is not safe to encode from two threads at once
-        self._waiting: deque[_Sequence] = deque()
-        self._rows: list[_Sequence] = []  # running, in the batch cache's row order
+        self._waiting: deque[SequenceState] = deque()
+        self._rows: list[SequenceState] = []  # running, in the batch cache's row order
         self._cache: DynamicCache | None = None
-        self._ids: dict[str, _Sequence] = {}
+        self._ids: dict[str, SequenceState] = {}
 
     def prepare(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
         """Tokenize and check a prompt against this model (no state touched; safe from any thread).
@@ -161,7 +127,7 @@ class Engine:
             raise ValueError(f"request {request_id!r} is already in the engine")
         ids = self.prepare(prompt, params)
         detokenizer = Detokenizer(self.tokenizer, ids, params.stop)
-        seq = _Sequence(request_id, ids, params, detokenizer, params.make_generator(self.device))
+        seq = SequenceState(request_id, ids, params, detokenizer, params.make_generator(self.device))
         self._ids[request_id] = seq
         self._waiting.append(seq)
 
@@ -203,7 +169,7 @@ class Engine:
         joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), room))]
         for seq in joining:
             seq.joined_at = time.monotonic()
-        prefilled = [(group, self._prefill(group, events)) for group in _prefill_groups(joining)]
+        prefilled = [(group, self._prefill(group, events)) for group in prefill_groups(joining)]
         if on_prefilled is not None and events and self._rows:
             on_prefilled(events)
             events = []
@@ -238,7 +204,7 @@ class Engine:
                         raise RuntimeError(event.error or GENERIC_ERROR)
                     return "".join(text), ids, event.finish_reason or "stop"
 
-    def _prefill(self, seqs: list[_Sequence], events: list[Event]) -> DynamicCache | None:
+    def _prefill(self, seqs: list[SequenceState], events: list[Event]) -> DynamicCache | None:
         """One forward pass over the newcomers' prompts, left-padded to the longest; samples their first tokens."""
         longest = max(len(s.prompt_ids) for s in seqs)
         ids = torch.full((len(seqs), longest), self._pad_id, dtype=torch.long)
@@ -296,7 +262,7 @@ class Engine:
             raise RuntimeError("the model did not update the cache it was given")
         return out.logits[:, -1, :]
 
-    def _advance(self, seq: _Sequence, logits: torch.Tensor, events: list[Event]) -> None:
+    def _advance(self, seq: SequenceState, logits: torch.Tensor, events: list[Event]) -> None:
         """Sample, detokenize and check the end for one request; a fault here ends this request only."""
         try:
             token = sample(logits, seq.params, seq.generator)
@@ -320,7 +286,7 @@ class Engine:
             log.exception("request %s failed", seq.request_id)
             events.append(self._end(seq, "error", GENERIC_ERROR))
 
-    def _event(self, seq: _Sequence, text: str, token_ids: list[int]) -> Event:
+    def _event(self, seq: SequenceState, text: str, token_ids: list[int]) -> Event:
         return Event(seq.request_id, text, token_ids, seq.finish_reason is not None, seq.finish_reason,
                      len(seq.prompt_ids), len(seq.output_ids), seq.error,
                      seq.logprobs if token_ids else None)  # fmt: skip
@@ -333,7 +299,7 @@ class Engine:
         requests handed over but not added yet (the engine loop's inbox)."""
         self.admission.check(len(self._rows), len(self._waiting) + queued, count)
 
-    def _end(self, seq: _Sequence, reason: str, error: str | None = None, text: str = "", token_ids=()) -> Event:
+    def _end(self, seq: SequenceState, reason: str, error: str | None = None, text: str = "", token_ids=()) -> Event:
         if reason in ("stop", "length") and seq.joined_at is not None:
             self.admission.finished(time.monotonic() - seq.joined_at)
         seq.finish_reason, seq.error = reason, error
@@ -351,7 +317,7 @@ class Engine:
             return
         keep_rows(self._cache, keep, drop=self._cache.get_seq_length() - max(s.cached for s in self._rows))
 
-    def _join(self, prefilled: list[tuple[list[_Sequence], DynamicCache | None]]) -> None:
+    def _join(self, prefilled: list[tuple[list[SequenceState], DynamicCache | None]]) -> None:
         """Append the newcomers still running to the batch cache, all left-padded to one length, in one concat."""
         parts = [(self._rows, self._cache)] if self._cache is not None else []
         for group, cache in prefilled:
@@ -366,27 +332,3 @@ class Engine:
         self._rows = [s for rows, _ in parts for s in rows]
         # Columns before the longest remaining sequence are padding in every row: leave them out.
         self._cache = stack_rows([cache for _, cache in parts], width=max(s.cached for s in self._rows))
-
-
-def _prefill_groups(seqs: list[_Sequence]) -> list[list[_Sequence]]:
-    """Newcomers in prefill batches, shortest first, so that padding never makes a pass more than twice its real
-    work: one left-padded pass is much faster than one pass per prompt, unless one long prompt pads many short ones
-    (measured on CPU, GPT-2 6x512: 8 prompts of 16..128 tokens 1.1-1.6 s batched vs 1.5-4.8 s one by one; seven of
-    8 tokens and one of 256: 1.8-2.0 s batched vs 0.9-1.7 s one by one)."""
-    groups: list[list[_Sequence]] = []
-    for seq in sorted(seqs, key=lambda s: len(s.prompt_ids)):
-        group = groups[-1] if groups else []
-        real = sum(len(s.prompt_ids) for s in group) + len(seq.prompt_ids)
-        if group and len(seq.prompt_ids) * (len(group) + 1) <= PAD_BUDGET * real:
-            group.append(seq)
-        else:
-            groups.append([seq])
-    return groups
-
-
-def _eos_ids(tokenizer: Any, model: Any) -> frozenset[int]:
-    """The tokenizer's EOS and the generation config's (an id or a list of them: Llama 3 has several)."""
-    config = getattr(model, "generation_config", None)
-    found = [getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)]
-    flat = [v for value in found for v in (value if isinstance(value, (list, tuple)) else [value])]
-    return frozenset(v for v in flat if isinstance(v, int))

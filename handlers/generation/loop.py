@@ -23,9 +23,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from handlers.generation.engine import GENERIC_ERROR, Engine, Event
+from handlers.generation.engine import GENERIC_ERROR, Engine
 from handlers.generation.mailbox import Mailbox
 from handlers.generation.sampling import SamplingParams
+from handlers.generation.sequence import Event
 
 log = logging.getLogger(__name__)
 STOPPING = "server stopping"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from handlers.generation.engine import Event
+from handlers.generation.sequence import Event
 
 ABRUPT = ("cancelled", "error")  # endings that are answered on their own, not merged into text
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from handlers.generation.engine import Event
+from handlers.generation.sequence import Event
 
 log = logging.getLogger(__name__)
 PREFIX = "maas_"
