@@ -181,7 +181,7 @@ class Engine:
 
     def abort_all(self, error: str) -> list[Event]:
         """End every request now with ``error`` (the server is stopping); the engine is empty afterwards."""
-        events = [self._end(s, "error", error) for s in [*self._waiting, *self._rows]]
+        events = [self._end(s, "error", error) for s in [*self._waiting, *self._rows] if s.finish_reason is None]
         self._waiting.clear()
         self._rows, self._cache = [], None
         return events
@@ -240,7 +240,7 @@ class Engine:
             logits = self._forward(ids, mask, cached[:, None], self._cache)
         except Exception:
             log.exception("decode step of %d requests failed", len(rows))
-            events.extend(self._end(s, "error", GENERIC_ERROR) for s in rows)
+            events.extend(self._end(s, "error", GENERIC_ERROR) for s in rows if s.finish_reason is None)
             self._rows, self._cache = [], None  # some layers may hold the new column, others not
             return
         for i, s in enumerate(rows):

@@ -506,6 +506,12 @@ def test_a_cancelled_row_of_a_static_batch_ends_once_and_the_batch_goes_on(lms):
     ends = [e for _ in range(10) for e in engine.step() if e.finished]
     assert [(e.request_id, e.finish_reason) for e in ends] == [("a", "cancelled"), ("b", "length")]
     assert not engine.has_work and engine.running == 0
+    for rid in ("c", "d"):  # the server stops while a padding row is in the batch: only the live row ends
+        engine.add(rid, PROMPTS[1], long)
+    engine.step()
+    engine.cancel("c")
+    engine.step()
+    assert [(e.request_id, e.finish_reason) for e in engine.abort_all("stopping")] == [("d", "error")]
 
 
 def test_a_static_loop_waits_for_its_batch_to_fill(lms):
