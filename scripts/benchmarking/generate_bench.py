@@ -238,6 +238,7 @@ def render_markdown(result: dict) -> str:
     busy = [f"**WARNING: the 1-min load average was {meta['load_average_start'][0]} at the start (above "
             f"{BUSY_LOAD:g}): the machine was busy; run again.**", ""] if meta["busy"] else []  # fmt: skip
     client = [p["process_cpu_pct"] for m, points in modes.items() if is_served(m) for p in points]
+    fill_ms = SERVED_BASELINES["static"]["max_batch_delay_ms"]
     client_line = (f"The load generator used at most {max(client):.0f}% of one core over any server level "
                    f"({'under' if max(client) < CLIENT_LIMIT else '**above**'} {CLIENT_LIMIT:.0f}%: "
                    f"{'it kept up' if max(client) < CLIENT_LIMIT else 'it may have limited the server'}). "
@@ -254,7 +255,8 @@ def render_markdown(result: dict) -> str:
         "time after its first chunk per token after the first, shows the pace all the same). static (in process) is "
         "not streamed: its TTFT is the whole batch. SERVER-naive and SERVER-static, the targets' baselines, are the "
         "same server built with `max_batch_size` 1 (one sequence at a time) and with `static_batching` 1 (newcomers "
-        "join only an empty batch, waiting 10 ms at most for it to fill; rows that end early are computed as padding "
+        f"join only an empty batch, waiting {fill_ms:g} ms at most for it to fill; rows that end early are computed "
+        "as padding "
         "until the longest ends; each row still streams), measured at the target level only. "
         f"{client_line}in-process runs the served engine with no server in between, on every core (as do naive "
         "and static): it bounds what a server can do. in-process-served is the same engine at the servers' default "
