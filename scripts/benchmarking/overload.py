@@ -180,6 +180,18 @@ def open_point(server: str, model: str, target: HttpTarget, rate: float, args, p
     return point
 
 
+def machine_bound(point: dict, capacity: dict, cores: int) -> dict:
+    """What this machine could answer at ``point`` if refusals cost nothing: the cores the client left, over one
+    answer's server CPU at capacity; and what the server really spent per refusal beyond its answers. The client
+    shares the cores (loopback), so past some offered rate no server could keep its capacity here."""
+    per_answer = capacity["server_cores"] / capacity["throughput"]
+    bound = min(point["offered_per_s"], (cores - point["client_cores"]) / per_answer)
+    spent_on_refusals = point["server_cores"] - point["goodput_per_s"] * per_answer
+    per_refusal = spent_on_refusals / point["refused_per_s"] * 1e6 if point["refused_per_s"] else None
+    return {"bound_of_peak": round(bound / capacity["throughput"], 3),
+            "server_us_per_refusal": round(per_refusal) if per_refusal is not None else None}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="digits")
@@ -192,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     levels = [float(level) for level in args.levels.split(",")]
     torchserve_pid = cli_torchserve_pid()
-    if torchserve_pid is None or not TRITON_PID_FILE.exists():
-        raise SystemExit("start both servers first: maas serve start")
-    pids = {"torchserve": [torchserve_pid], "triton": [int(TRITON_PID_FILE.read_text())]}
+    pids = {"torchserve": [torchserve_pid] if torchserve_pid else None,
+            "triton": [int(TRITON_PID_FILE.read_text())] if TRITON_PID_FILE.exists() else None}  # fmt: skip
+    missing = [server for server in pids if args.only in (None, server) and pids[server] is None]
+    if missing:
+        raise SystemExit(f"start {' and '.join(missing)} first: maas serve start {args.only or ''}".rstrip())
     report = {"model": args.model, "deadline_ms": args.deadline_ms, "connections": args.connections,
               "seconds": args.seconds, "load_average_at_start": os.getloadavg()[0], "servers": {}}  # fmt: skip
     for server, target in targets(args.model, args.deadline_ms).items():
@@ -209,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             point = {"level": level, **open_point(server, args.model, target, level * capacity["throughput"], args,
                                                   pids[server])}  # fmt: skip
             point["goodput_of_peak"] = round(point["goodput_per_s"] / capacity["throughput"], 3)
+            point.update(machine_bound(point, capacity, len(os.sched_getaffinity(0))))
             print(json.dumps(point), flush=True)
             points.append(point)
-        report["servers"][server] = {"capacity_per_s": round(capacity["throughput"], 1), "points": points}
+        cores = {k: round(capacity[k], 2) for k in ("server_cores", "client_cores")}
+        report["servers"][server] = {"capacity_per_s": round(capacity["throughput"], 1), "points": points,
+                                     "capacity_cores": cores}  # fmt: skip
     from scripts.benchmarking.overload_report import write_report  # here for matplotlib's import cost
 
     for path in write_report(report, args.out):
