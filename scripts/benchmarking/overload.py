@@ -38,6 +38,7 @@ from scripts.serving.keys import bearer, read_inference_key
 from scripts.serving.processes import TRITON_PID_FILE
 
 PLACEHOLDER = "1000000000000"  # a deadline's place in a request (Unix ms: 13 digits until 2286)
+REFUSALS_FOR_A_COST = 0.25  # refusals per answer below which the server CPU per refusal is not reported
 SETTLE_S = 3.0  # between points: what the last one queued is answered before the next starts
 
 # wrk's script, paced: a Poisson process per connection (mean pause args[3] ms), each request stamped with its
@@ -187,7 +188,9 @@ def machine_bound(point: dict, capacity: dict, cores: int) -> dict:
     per_answer = capacity["server_cores"] / capacity["throughput"]
     bound = min(point["offered_per_s"], (cores - point["client_cores"]) / per_answer)
     spent_on_refusals = point["server_cores"] - point["goodput_per_s"] * per_answer
-    per_refusal = spent_on_refusals / point["refused_per_s"] * 1e6 if point["refused_per_s"] else None
+    # A few refusals among many answers leave the difference in the noise of one answer's cost: no figure then.
+    many = point["refused_per_s"] >= REFUSALS_FOR_A_COST * point["goodput_per_s"]
+    per_refusal = spent_on_refusals / point["refused_per_s"] * 1e6 if many and point["refused_per_s"] else None
     return {"bound_of_peak": round(bound / capacity["throughput"], 3),
             "server_us_per_refusal": round(per_refusal) if per_refusal is not None else None}  # fmt: skip
 

@@ -21,6 +21,8 @@ def test_the_bound_is_the_cores_the_client_left_over_one_answers_cpu_and_never_a
     assert machine_bound(greedy_client, capacity, cores=2)["bound_of_peak"] == 0.6
     light = {**busy, "offered_per_s": 500.0, "refused_per_s": 0.0}
     assert machine_bound(light, capacity, cores=2) == {"bound_of_peak": 0.5, "server_us_per_refusal": None}
+    few = {**busy, "refused_per_s": 100.0}  # 1 refusal per 7 answers: the difference is noise, no figure
+    assert machine_bound(few, capacity, cores=2)["server_us_per_refusal"] is None
 
 
 def test_the_overload_report_has_a_row_per_point_and_a_picture(tmp_path):
