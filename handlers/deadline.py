@@ -4,7 +4,8 @@ The client says when it stops waiting, as Unix time in milliseconds: on TorchSer
 ``X-Request-Deadline``, on Triton the request parameter ``deadline``. The time is absolute because the wait in the
 server's queue must count, and neither server tells the model when a request arrived. So the client's clock and
 the server's must agree, as on one host or under NTP. Each request of a batch is checked on its own, before
-preprocessing: an expired one gets 504 (Triton: UNAVAILABLE), and the rest of the batch runs.
+preprocessing: one whose deadline has passed, or is nearer than the time a batch has been taking (its answer would
+come after its client stopped waiting), gets 504 (Triton: UNAVAILABLE), and the rest of the batch runs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class DeadlineExceeded(ServingError):
     triton_code = "UNAVAILABLE"
 
 
-def refusal(deadline: Any, now_ms: float) -> ServingError | None:
-    """Why a request with this deadline (None: it has none) must not run, or None."""
+def refusal(deadline: Any, now_ms: float, batch_ms: float = 0.0) -> ServingError | None:
+    """Why a request with this deadline (None: it has none) must not run, when a batch takes ``batch_ms``; or None."""
     if deadline is None or deadline == "":
         return None
     try:
@@ -38,18 +39,36 @@ def refusal(deadline: Any, now_ms: float) -> ServingError | None:
     if value <= now_ms:
         return DeadlineExceeded(f"the request's deadline passed {now_ms - value:.0f} ms before the model could start "
                                 "it; it was not computed")  # fmt: skip
+    if value < now_ms + batch_ms:
+        return DeadlineExceeded(f"the request's deadline is {value - now_ms:.0f} ms away and a batch takes "
+                                f"~{batch_ms:.0f} ms: it would be answered late, so it was not computed")  # fmt: skip
     return None
 
 
-def run_unexpired(deadlines: list[Any], run: Callable[[list[int]], list],
-                  refuse: Callable[[ServingError], Any]) -> tuple[list, list[ServingError | None]]:  # fmt: skip
-    """``run(indices)`` for the requests whose deadline has not passed, ``refuse(error)`` for the others, in the
-    requests' order; and each request's refusal (None: it ran). ``run`` is not called when none is left."""
-    now_ms = time.time() * 1e3
-    refusals = [refusal(deadline, now_ms) for deadline in deadlines]
-    keep = [i for i, refused in enumerate(refusals) if refused is None]
-    answers = iter(run(keep) if keep else [])
-    return [next(answers) if refused is None else refuse(refused) for refused in refusals], refusals
+class DeadlineGate:
+    """One model instance's check of its batches' deadlines, with a moving mean of how long its batches take."""
+
+    SMOOTHING = 0.2  # the latest batch's weight in the mean: a slow spell shows within a few batches
+
+    def __init__(self):
+        self.batch_ms = 0.0  # 0 until a batch is timed: until then only a deadline that has passed is refused
+
+    def observe(self, batch_ms: float) -> None:
+        self.batch_ms = batch_ms if not self.batch_ms else self.batch_ms + self.SMOOTHING * (batch_ms - self.batch_ms)
+
+    def run(self, deadlines: list[Any], run: Callable[[list[int]], list], refuse: Callable[[ServingError], Any],
+            timed: bool = True) -> tuple[list, list[ServingError | None]]:  # fmt: skip
+        """``run(indices)`` for the requests that can be answered in time, ``refuse(error)`` for the others, in the
+        requests' order; and each request's refusal (None: it ran). ``run`` is not called when none is left; its
+        time goes into the mean unless ``timed`` is False (a batch unlike the others, such as an explanation)."""
+        now_ms = time.time() * 1e3
+        refusals = [refusal(deadline, now_ms, self.batch_ms) for deadline in deadlines]
+        keep = [i for i, refused in enumerate(refusals) if refused is None]
+        started = time.perf_counter()
+        answers = iter(run(keep) if keep else [])
+        if keep and timed:
+            self.observe((time.perf_counter() - started) * 1e3)
+        return [next(answers) if refused is None else refuse(refused) for refused in refusals], refusals
 
 
 def counts(refusals: list[ServingError | None]) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.batched_counters import BatchedCounters
-from handlers.deadline import counts, header, run_unexpired
+from handlers.deadline import DeadlineGate, counts, header
 from handlers.errors import as_serving_error
 from handlers.explain import EXPLAIN_HEADERS, is_true, load_explainer
 from handlers.log_limit import rate_limited
@@ -55,6 +55,7 @@ class MaasHandler:
         self.dimensions = version_dimensions(self.version)
         self.counters = BatchedCounters(self.pipeline.manifest.serving.metrics_interval_s, self.emit_metrics, True)
         self.metrics = None  # TorchServe's metrics cache, from the latest batch's context
+        self.deadlines = DeadlineGate()
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
@@ -71,9 +72,9 @@ class MaasHandler:
                 answers.update(zip(predicted, self.pipeline.handle_json(bodies), strict=True))
             return [answers[i] for i in keep]
 
-        deadlines = [header(h) for h in headers]
-        answers, refusals = run_unexpired(deadlines, run, lambda refused: (refused.http_status,
-                                                                           {"error": refused.to_json()}))  # fmt: skip
+        deadlines, explaining = [header(h) for h in headers], any(asks_explanation(h) for h in headers)
+        answers, refusals = self.deadlines.run(deadlines, run, lambda refused: (refused.http_status,
+                                               {"error": refused.to_json()}), timed=not explaining)  # fmt: skip
         responses = []
         for idx, (status, body) in enumerate(answers):
             if status != 200:  # {"error": {...}}, or {"error": "..."} for an Open Inference Protocol request

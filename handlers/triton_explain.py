@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from handlers.deadline import run_unexpired
+from handlers.deadline import DeadlineGate
 from handlers.explain import OUTPUT, load_explainer
 from handlers.triton_model import artifact_dir, device, log_to_triton, read_inputs, request_deadline, respond
 
@@ -23,13 +23,14 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.explainer = load_explainer(artifact_dir(args).parent, device=device(args))
         self.input_names = [spec["name"] for spec in config["input"]]
+        self.deadlines = DeadlineGate()
 
     def execute(self, requests: list) -> list:
         def run(keep: list[int]) -> list:
             inputs = [read_inputs(requests[i], self.input_names) for i in keep]
             return self.explainer.explain_tensors(inputs, [parameters(requests[i]) for i in keep])
 
-        outcomes, _ = run_unexpired([request_deadline(r) for r in requests], run, lambda refused: refused)
+        outcomes, _ = self.deadlines.run([request_deadline(r) for r in requests], run, lambda refused: refused)
         return respond(outcomes, {OUTPUT: np.object_})
 
 

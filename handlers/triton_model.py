@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from handlers.batched_counters import BatchedCounters
-from handlers.deadline import DEADLINE_PARAMETER, counts, run_unexpired
+from handlers.deadline import DEADLINE_PARAMETER, DeadlineGate, counts
 from handlers.log_limit import rate_limited
 from handlers.pipeline import BatchTimings
 from handlers.tasks import load_pipeline
@@ -50,12 +50,14 @@ class TritonPythonModel:
         )  # fmt: skip
         self.expired_metric = self.expired_family.Metric(labels=model)
         self.counters = BatchedCounters(self.pipeline.manifest.serving.metrics_interval_s, self.emit_metrics, False)
+        self.deadlines = DeadlineGate()
 
     def execute(self, requests: list) -> list:
         def run(keep: list[int]) -> list:
             return self.pipeline.handle_tensors([read_inputs(requests[i], self.input_names) for i in keep])
 
-        outcomes, refusals = run_unexpired([request_deadline(r) for r in requests], run, lambda refused: refused)
+        outcomes, refusals = self.deadlines.run([request_deadline(r) for r in requests], run,
+                                                 lambda refused: refused)  # fmt: skip
         ran, expired = counts(refusals)
         self.record_metrics(ran=ran > 0, expired=expired)
         return respond(outcomes, self.output_dtypes)

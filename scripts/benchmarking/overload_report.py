@@ -8,7 +8,8 @@ from pathlib import Path
 COLUMNS = [
     ("level", "load (x capacity)"), ("offered_per_s", "offered/s"), ("sent_per_s", "sent/s"),
     ("goodput_per_s", "goodput/s"), ("goodput_of_peak", "goodput / capacity"),
-    ("bound_of_peak", "bound / capacity"), ("refused_per_s", "refused/s"), ("server_us_per_refusal", "µs / refusal"),
+    ("in_time_of_peak", "in time / capacity"), ("bound_of_peak", "bound / capacity"), ("refused_per_s", "refused/s"),
+    ("server_us_per_refusal", "µs / refusal"),
     ("failed", "failed"), ("admitted_p50_ms", "admitted p50 ms"), ("admitted_p99_ms", "admitted p99 ms"),
     ("probe_answered_after_deadline", "probe: late"), ("triton_rejected_uncomputed", "refused uncomputed"),
     ("client_cores", "wrk cores"), ("server_cores", "server cores"),
@@ -21,7 +22,8 @@ def markdown(report: dict) -> str:
         "",
         f"Open loop (Poisson arrivals over {report['connections']} wrk connections), {report['seconds']:g} s a point; "
         f"load average {report['load_average_at_start']:.2f} at the start. Admitted p50/p99 and late answers come "
-        "from a probe of ~25 requests/s; 'refused uncomputed' is Triton's REJECTED count. 'bound': the most this "
+        "from a probe of ~25 requests/s; 'refused uncomputed' is Triton's REJECTED count. Goodput counts every 200; "
+        "'in time' takes out the share of them the probe saw answered after the deadline. 'bound': the most this "
         "machine could answer at that point if refusals cost nothing (the cores wrk left, over one answer's server "
         "CPU at capacity); 'µs / refusal': the server CPU spent beyond its answers, per refusal.",
     ]

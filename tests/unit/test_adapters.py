@@ -139,6 +139,11 @@ def test_a_request_past_its_deadline_is_refused_uncomputed_and_its_batch_answere
     assert context.metrics.totals["MaasRows"] == 2 and context.metrics.totals["MaasExpired"] == 1
     handler.handle([{"body": png}], FakeContext(str(model_dir), request_headers=[{"X-Request-Deadline": past}]))
     assert context.metrics.totals["MaasRows"] == 2  # a batch of expired requests only: nothing ran
+    assert handler.deadlines.batch_ms > 0  # the batch that ran was timed
+    handler.deadlines.batch_ms = 120_000.0  # batches as slow as that: a deadline 60 s away cannot be kept
+    late = FakeContext(str(model_dir), request_headers=[{"X-Request-Deadline": future}])
+    answer = json.loads(handler.handle([{"body": png}], late)[0])
+    assert late.statuses[0][0] == 504 and "answered late" in answer["error"]["message"]
 
     pb, model = triton_digits_model(built)
     rows_key = ("maas_rows_total", (("model", "digits"), ("version", "1")))
@@ -150,3 +155,6 @@ def test_a_request_past_its_deadline_is_refused_uncomputed_and_its_batch_answere
     assert responses[0].error.code() == "UNAVAILABLE" and "not computed" in responses[0].error.message()
     assert responses[1].error is None and len(responses[1].output_tensors) == 3
     assert pb.MetricFamily.totals[rows_key] - rows == 2 and pb.MetricFamily.totals[expired_key] - expired == 1
+    model.deadlines.batch_ms = 120_000.0
+    late = model.execute([pb.InferenceRequest(pixels, {"deadline": int(future)})])[0]
+    assert late.error.code() == "UNAVAILABLE" and "answered late" in late.error.message()

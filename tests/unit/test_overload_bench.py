@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scripts.benchmarking.overload import machine_bound
+from scripts.benchmarking.overload import in_time, machine_bound
 from scripts.benchmarking.overload_report import write_report
 
 
@@ -25,6 +25,12 @@ def test_the_bound_is_the_cores_the_client_left_over_one_answers_cpu_and_never_a
     assert machine_bound(few, capacity, cores=2)["server_us_per_refusal"] is None
 
 
+def test_answers_in_time_are_the_200s_less_the_share_the_probe_saw_come_late():
+    point = {"goodput_per_s": 1000.0, "probe_admitted": 80, "probe_answered_after_deadline": 20}
+    assert in_time(point) == 750.0
+    assert in_time({**point, "probe_admitted": 0, "probe_answered_after_deadline": 0}) == 1000.0
+
+
 def test_the_overload_report_has_a_row_per_point_and_a_picture(tmp_path):
     point = {"level": 2, "offered_per_s": 200.0, "sent_per_s": 199.0, "goodput_per_s": 90.0, "goodput_of_peak": 0.9,
              "refused_per_s": 109.0, "failed": 0, "admitted_p50_ms": 3.0, "admitted_p99_ms": 9.5}  # fmt: skip
@@ -33,5 +39,5 @@ def test_the_overload_report_has_a_row_per_point_and_a_picture(tmp_path):
     paths = write_report(report, tmp_path / "overload")
     assert json.loads(paths[0].read_text()) == report
     rows = [line for line in paths[1].read_text().splitlines() if line.startswith("| 2 |")]
-    assert rows == ["| 2 | 200 | 199 | 90 | 0.9 | - | 109 | - | 0 | 3 | 9.5 | - | - | - | - |"]
+    assert rows == ["| 2 | 200 | 199 | 90 | 0.9 | - | - | 109 | - | 0 | 3 | 9.5 | - | - | - | - |"]
     assert paths[2].read_bytes()[:4] == b"\x89PNG"

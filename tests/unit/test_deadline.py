@@ -1,0 +1,39 @@
+"""The deadline check of each batch (``handlers/deadline.py``): what runs, what is refused, and the batch time."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from handlers.deadline import DeadlineExceeded, DeadlineGate
+
+
+def now_ms() -> float:
+    return time.time() * 1e3
+
+
+def test_a_request_whose_deadline_is_nearer_than_a_batch_is_refused_and_the_others_run():
+    gate = DeadlineGate()
+    gate.observe(200.0)
+    ran = []
+    deadlines = [now_ms() + 50, now_ms() + 60_000, None]
+    answers, refusals = gate.run(deadlines, lambda keep: ran.extend(keep) or ["a"] * len(keep), lambda e: e)
+    assert ran == [1, 2] and answers[1:] == ["a", "a"]
+    assert isinstance(refusals[0], DeadlineExceeded) and "answered late" in refusals[0].message
+    assert answers[0] is refusals[0]
+
+
+def test_the_batch_time_is_a_moving_mean_of_the_timed_runs_only():
+    gate = DeadlineGate()
+    assert gate.batch_ms == 0.0  # nothing timed yet: only a deadline that has passed is refused
+    gate.run([None], lambda keep: time.sleep(0.03) or [None], lambda e: e)
+    first = gate.batch_ms
+    assert first >= 30
+    gate.observe(first + 100)
+    assert gate.batch_ms == pytest.approx(first + DeadlineGate.SMOOTHING * 100)
+    before = gate.batch_ms
+    gate.run([None], lambda keep: time.sleep(0.05) or [None], lambda e: e, timed=False)  # an explanation, say
+    assert gate.batch_ms == before
+    gate.run([now_ms() - 1], lambda keep: pytest.fail("nothing should run"), lambda e: e)  # all refused: untimed
+    assert gate.batch_ms == before
