@@ -33,12 +33,11 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from handlers.errors import InvalidInput
 from handlers.generation.admission import Admission
 from handlers.generation.detokenize import Detokenizer
 from handlers.generation.kv_cache import check_batchable, growing_cache, keep_rows, stack_rows
 from handlers.generation.sampling import SamplingParams, sample, token_logprobs
-from handlers.generation.sequence import Event, SequenceState, eos_ids, prefill_groups
+from handlers.generation.sequence import Event, SequenceState, eos_ids, prefill_groups, prompt_ids
 
 log = logging.getLogger(__name__)
 GENERIC_ERROR = "internal error while generating"
@@ -85,41 +84,16 @@ class Engine:
         keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._logits_kw = {"logits_to_keep": 1} if keep_last else {}
         self._sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
-        self._encode_lock = threading.Lock()  # a fast tokenizer is not safe to encode from two threads at once
+        self._encode_lock = threading.Lock()
         self._waiting: deque[SequenceState] = deque()
         self._rows: list[SequenceState] = []  # running, in the batch cache's row order
         self._cache: DynamicCache | None = None
         self._ids: dict[str, SequenceState] = {}
 
     def prepare(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
-        """Tokenize and check a prompt against this model (no state touched; safe from any thread).
-
-        A text is encoded with the tokenizer's defaults (``add_special_tokens=True``, as vLLM's completions do):
-        GPT-2 adds nothing, Llama-style tokenizers prepend BOS. A list of token ids is taken as it is.
-        """
-        if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidInput("prompt is empty")
-            with self._encode_lock:
-                ids = list(self.tokenizer(prompt)["input_ids"])
-        elif isinstance(prompt, list):
-            for i, t in enumerate(prompt):
-                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size:
-                    raise InvalidInput(f"prompt token {i} is {t!r}; token ids are 0..{self.vocab_size - 1}")
-            ids = list(prompt)
-        else:
-            raise InvalidInput(f"prompt must be a string or a list of token ids, not {type(prompt).__name__}")
-        if not ids:
-            raise InvalidInput("prompt is empty")
-        n = len(ids)
-        if n + 1 > self.max_context:
-            raise InvalidInput(f"prompt is {n} tokens; this model's context is {self.max_context}")
-        if n + params.max_tokens > self.max_context:
-            raise InvalidInput(
-                f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) is {n + params.max_tokens}; "
-                f"this model's context is {self.max_context}"
-            )
-        return ids
+        """Tokenize and check a prompt against this model (``prompt_ids``; no state touched; safe from any thread)."""
+        with self._encode_lock:  # a fast tokenizer is not safe to encode from two threads at once
+            return prompt_ids(self.tokenizer, prompt, params, self.vocab_size, self.max_context)
 
     def add(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
         """Check and queue a request; it joins the batch at a coming step. A bad request raises before queueing."""
@@ -281,15 +255,10 @@ class Engine:
                 text += seq.detokenizer.finish()
                 events.append(self._end(seq, reason, text=text, token_ids=[token]))
             else:
-                events.append(self._event(seq, text, [token]))
+                events.append(seq.event(text, [token]))
         except Exception:
             log.exception("request %s failed", seq.request_id)
             events.append(self._end(seq, "error", GENERIC_ERROR))
-
-    def _event(self, seq: SequenceState, text: str, token_ids: list[int]) -> Event:
-        return Event(seq.request_id, text, token_ids, seq.finish_reason is not None, seq.finish_reason,
-                     len(seq.prompt_ids), len(seq.output_ids), seq.error,
-                     seq.logprobs if token_ids else None)  # fmt: skip
 
     def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
@@ -304,7 +273,7 @@ class Engine:
             self.admission.finished(time.monotonic() - seq.joined_at)
         seq.finish_reason, seq.error = reason, error
         self._ids.pop(seq.request_id, None)
-        return self._event(seq, text, list(token_ids))
+        return seq.event(text, list(token_ids))
 
     def _evict(self) -> None:
         """Drop ended rows: keep the others' rows, then the columns that are padding in every remaining row."""

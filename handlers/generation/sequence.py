@@ -1,9 +1,12 @@
-"""What the engine keeps per request and hands back per step, and how it groups newcomers for prefill."""
+"""What the engine keeps per request and hands back per step, how it checks a prompt, and how it groups newcomers
+for prefill."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from handlers.errors import InvalidInput
 
 if TYPE_CHECKING:  # hints only: the adapters and metrics that take an Event need no torch
     import torch
@@ -47,6 +50,41 @@ class SequenceState:
     # When it joined the batch: the admission's mean counts a request's time running, not its wait before, which
     # the estimate adds for itself (counting it twice over-refused: 32 of 64 requests at c=16 with one slot).
     joined_at: float | None = None
+
+    def event(self, text: str, token_ids: list[int]) -> Event:
+        """This step's news: ``text`` and ``token_ids`` with the request's state now."""
+        return Event(self.request_id, text, token_ids, self.finish_reason is not None, self.finish_reason,
+                     len(self.prompt_ids), len(self.output_ids), self.error,
+                     self.logprobs if token_ids else None)  # fmt: skip
+
+
+def prompt_ids(tokenizer: Any, prompt: str | list[int], params: SamplingParams, vocab_size: int,
+               max_context: int) -> list[int]:  # fmt: skip
+    """A prompt's token ids, checked against the model: a bad one raises ``InvalidInput`` naming what is wrong.
+
+    A text is encoded with the tokenizer's defaults (``add_special_tokens=True``, as vLLM's completions do):
+    GPT-2 adds nothing, Llama-style tokenizers prepend BOS. A list of token ids is taken as it is.
+    """
+    if isinstance(prompt, str):
+        if not prompt:
+            raise InvalidInput("prompt is empty")
+        ids = list(tokenizer(prompt)["input_ids"])
+    elif isinstance(prompt, list):
+        for i, t in enumerate(prompt):
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+                raise InvalidInput(f"prompt token {i} is {t!r}; token ids are 0..{vocab_size - 1}")
+        ids = list(prompt)
+    else:
+        raise InvalidInput(f"prompt must be a string or a list of token ids, not {type(prompt).__name__}")
+    if not ids:
+        raise InvalidInput("prompt is empty")
+    n = len(ids)
+    if n + 1 > max_context:
+        raise InvalidInput(f"prompt is {n} tokens; this model's context is {max_context}")
+    if n + params.max_tokens > max_context:
+        raise InvalidInput(f"prompt ({n} tokens) + max_tokens ({params.max_tokens}) is {n + params.max_tokens}; "
+                           f"this model's context is {max_context}")  # fmt: skip
+    return ids
 
 
 def prefill_groups(seqs: list[SequenceState]) -> list[list[SequenceState]]:
