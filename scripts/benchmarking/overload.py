@@ -86,7 +86,7 @@ def targets(model: str, deadline_ms: float) -> dict[str, HttpTarget]:
     """Each server's request for ``model``'s first held-out item, with a place for its deadline (TorchServe's
     header, Triton's ``deadline`` parameter: ``handlers/deadline.py``)."""
     workload = model_under_test(model).workload
-    key = read_inference_key(REPO_ROOT)
+    key = read_inference_key(REPO_ROOT) if (REPO_ROOT / "key_file.json").exists() else ""  # none: TorchServe unused
     headers = {**bearer(key), "Content-Type": workload.content_type, DEADLINE_HEADER: PLACEHOLDER}
     torchserve = HttpTarget(f"http://127.0.0.1:8080/predictions/{model}", headers, [(workload.rest_bodies[0], None)])
     inputs = workload.triton_inputs(triton_http)[0]
