@@ -68,11 +68,16 @@ class DeadlineGate:
         answers = iter(run(keep) if keep else [])
         if keep and timed:
             self.observe((time.perf_counter() - started) * 1e3)
+        elif not keep and any(isinstance(r, DeadlineExceeded) and float(d) > now_ms
+                              for r, d in zip(refusals, deadlines, strict=True)):  # fmt: skip
+            # Refused as too near for a batch that did not run: the mean may be stale (one slow batch, a warm-up),
+            # and with nothing running it would never be measured again. It shrinks until a request gets through.
+            self.batch_ms *= 1 - self.SMOOTHING
         return [next(answers) if refused is None else refuse(refused) for refused in refusals], refusals
 
 
 def counts(refusals: list[ServingError | None]) -> tuple[int, int]:
-    """(requests the pipeline ran, requests refused for a passed deadline)."""
+    """(requests the pipeline ran, requests refused for their deadline)."""
     return refusals.count(None), sum(isinstance(refused, DeadlineExceeded) for refused in refusals)
 
 

@@ -37,3 +37,19 @@ def test_the_batch_time_is_a_moving_mean_of_the_timed_runs_only():
     assert gate.batch_ms == before
     gate.run([now_ms() - 1], lambda keep: pytest.fail("nothing should run"), lambda e: e)  # all refused: untimed
     assert gate.batch_ms == before
+
+
+def test_a_stale_batch_time_cannot_refuse_every_request_for_ever():
+    """One slow batch (a warm-up, say) must not keep refusing requests that nothing runs to re-measure it."""
+    gate = DeadlineGate()
+    gate.observe(300.0)
+    ran = []
+    for _ in range(20):
+        gate.run([now_ms() + 80], lambda keep: ran.extend(keep) or [None] * len(keep), lambda e: e)
+        if ran:
+            break
+    assert ran == [0] and gate.batch_ms < 80
+    passed = DeadlineGate()
+    passed.observe(300.0)
+    passed.run([now_ms() - 5], lambda keep: pytest.fail("nothing should run"), lambda e: e)
+    assert passed.batch_ms == 300.0  # a deadline that had passed says nothing about the batch time
