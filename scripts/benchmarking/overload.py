@@ -82,11 +82,12 @@ end
 )
 
 
-def targets(model: str, deadline_ms: float) -> dict[str, HttpTarget]:
+def targets(model: str, deadline_ms: float, torchserve_running: bool = True) -> dict[str, HttpTarget]:
     """Each server's request for ``model``'s first held-out item, with a place for its deadline (TorchServe's
-    header, Triton's ``deadline`` parameter: ``handlers/deadline.py``)."""
+    header, Triton's ``deadline`` parameter: ``handlers/deadline.py``). TorchServe's key is read only while it runs
+    (its key file is written at start)."""
     workload = model_under_test(model).workload
-    key = read_inference_key(REPO_ROOT) if (REPO_ROOT / "key_file.json").exists() else ""  # none: TorchServe unused
+    key = read_inference_key(REPO_ROOT) if torchserve_running else ""
     headers = {**bearer(key), "Content-Type": workload.content_type, DEADLINE_HEADER: PLACEHOLDER}
     torchserve = HttpTarget(f"http://127.0.0.1:8080/predictions/{model}", headers, [(workload.rest_bodies[0], None)])
     inputs = workload.triton_inputs(triton_http)[0]
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"start {' and '.join(missing)} first: maas serve start {args.only or ''}".rstrip())
     report = {"model": args.model, "deadline_ms": args.deadline_ms, "connections": args.connections,
               "seconds": args.seconds, "load_average_at_start": os.getloadavg()[0], "servers": {}}  # fmt: skip
-    for server, target in targets(args.model, args.deadline_ms).items():
+    for server, target in targets(args.model, args.deadline_ms, pids["torchserve"] is not None).items():
         if args.only not in (None, server):
             continue
         time.sleep(SETTLE_S)
