@@ -32,6 +32,9 @@ class ServingSettings:
     # microseconds). 0 (the default): no limit, since any Triton 2.51 queue policy stalls its batcher ~0.5 s at a
     # time (docs/overload.md). TorchServe cannot do this per request.
     deadline_ms: float = 0.0
+    # A full batch (the server's queue holds more, its front end is busy) refuses a request whose deadline is nearer
+    # than a batch's time plus this: its answer would reach the client late (handlers/deadline.py).
+    reply_margin_ms: float = 20.0
     max_rows_per_request: int = 64  # a request with more rows is refused (413)
     max_text_chars: int = 20000  # a longer text is refused (413)
     top_k: int = 3  # labels (with probabilities) in a classification answer

@@ -55,7 +55,8 @@ class MaasHandler:
         self.dimensions = version_dimensions(self.version)
         self.counters = BatchedCounters(self.pipeline.manifest.serving.metrics_interval_s, self.emit_metrics, True)
         self.metrics = None  # TorchServe's metrics cache, from the latest batch's context
-        self.deadlines = DeadlineGate()
+        serving = self.pipeline.manifest.serving
+        self.deadlines = DeadlineGate(serving.max_batch_size, serving.reply_margin_ms)
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:

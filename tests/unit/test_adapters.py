@@ -144,6 +144,8 @@ def test_a_request_past_its_deadline_is_refused_uncomputed_and_its_batch_answere
     late = FakeContext(str(model_dir), request_headers=[{"X-Request-Deadline": future}])
     answer = json.loads(handler.handle([{"body": png}], late)[0])
     assert late.statuses[0][0] == 504 and "answered late" in answer["error"]["message"]
+    assert handler.deadlines.reply_margin_ms == 20.0  # serving.reply_margin_ms, for full batches (test_deadline.py)
+    assert handler.deadlines.max_batch_size == handler.pipeline.manifest.serving.max_batch_size
 
     pb, model = triton_digits_model(built)
     rows_key = ("maas_rows_total", (("model", "digits"), ("version", "1")))
@@ -158,3 +160,4 @@ def test_a_request_past_its_deadline_is_refused_uncomputed_and_its_batch_answere
     model.deadlines.batch_ms = 120_000.0
     late = model.execute([pb.InferenceRequest(pixels, {"deadline": int(future)})])[0]
     assert late.error.code() == "UNAVAILABLE" and "answered late" in late.error.message()
+    assert (model.deadlines.max_batch_size, model.deadlines.reply_margin_ms) == (handler.deadlines.max_batch_size, 20.0)

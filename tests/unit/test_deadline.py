@@ -53,3 +53,21 @@ def test_a_stale_batch_time_cannot_refuse_every_request_for_ever():
     passed.observe(300.0)
     passed.run([now_ms() - 5], lambda keep: pytest.fail("nothing should run"), lambda e: e)
     assert passed.batch_ms == 300.0  # a deadline that had passed says nothing about the batch time
+
+
+def test_a_full_batch_keeps_the_reply_margin_free_and_a_batch_with_room_does_not():
+    """A full batch means a busy server, whose answers take longer to reach their clients: a request with less than
+    the margin left is refused there, and the same request in a batch with room runs."""
+    gate = DeadlineGate(max_batch_size=2, reply_margin_ms=5_000.0)
+    gate.observe(10.0)
+    ran = []
+    answers, refusals = gate.run([now_ms() + 3_000, now_ms() + 60_000],
+                                 lambda keep: ran.extend(keep) or ["a"] * len(keep), lambda e: e)  # fmt: skip
+    assert ran == [1] and answers[1] == "a"
+    assert isinstance(refusals[0], DeadlineExceeded) and "its answer up to 5000 ms more" in refusals[0].message
+    ran.clear()
+    gate.run([now_ms() + 3_000], lambda keep: ran.extend(keep) or ["a"] * len(keep), lambda e: e)
+    assert ran == [0]  # one request of two: the queue was empty
+    unbounded = DeadlineGate(reply_margin_ms=5_000.0)  # no batch size known: never full
+    assert unbounded.run([now_ms() + 3_000, now_ms() + 3_000], lambda keep: ["a"] * len(keep), lambda e: e)[0] == [
+        "a", "a"]  # fmt: skip
