@@ -5,7 +5,8 @@ TorchServe routes ``POST /v2/models/<model>/infer`` (and ``/predictions/<model>`
 sent; a body ``{"inputs": [...]}`` is decoded here into the Triton model's input tensors and answered
 ``{"model_name", "id", "outputs": [...]}``. TorchServe's own ``service_envelope=kservev2`` is not used: in 0.12 it
 reads only the first request of a batch, the first item of a BYTES tensor and names each output after an input.
-An error is ``{"error": "<message>"}`` with the request's own 4xx, as the protocol says.
+An error is ``{"error": "<message>"}`` with the request's own 4xx, as the protocol says. ``decode_json_body`` reads
+any JSON body as TorchServe hands it over (decoded already, or bytes).
 """
 
 from __future__ import annotations
@@ -85,3 +86,18 @@ def encode_output(name: str, array: np.ndarray) -> dict:
     if array.dtype == np.object_:
         data = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in data]
     return {"name": name, "datatype": DATATYPES[array.dtype], "shape": list(array.shape), "data": data}
+
+
+def decode_json_body(body: Any) -> Any:
+    """TorchServe decodes ``application/json`` bodies itself; other content types arrive as bytes or text."""
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"request body is not UTF-8 JSON: {exc}") from None
+    if isinstance(body, str):
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    return body

@@ -16,7 +16,6 @@ request is retried alone so one poisoned request cannot take its neighbours down
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -305,18 +304,3 @@ class Pipeline(ABC):
         if error is not exc:
             log.exception("unexpected failure while serving a request", exc_info=exc)
         return error
-
-
-def decode_json_body(body: Any) -> Any:
-    """TorchServe decodes ``application/json`` bodies itself; other content types arrive as bytes or text."""
-    if isinstance(body, (bytes, bytearray)):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"request body is not UTF-8 JSON: {exc}") from None
-    if isinstance(body, str):
-        try:
-            return json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    return body

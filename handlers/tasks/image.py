@@ -28,7 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from handlers.artifact import Manifest
 from handlers.classification import Classifier, load_torch_model
 from handlers.errors import InvalidInput, PayloadTooLarge
-from handlers.pipeline import Request, TensorSpec, decode_json_body
+from handlers.open_inference import decode_json_body
+from handlers.pipeline import Request, TensorSpec
 
 # Decoding is refused above this many pixels (a decompression bomb guard), unless the manifest says otherwise.
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096

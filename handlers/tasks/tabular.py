@@ -36,7 +36,8 @@ import torch
 from handlers.artifact import Manifest
 from handlers.classification import Classifier, load_torch_model
 from handlers.errors import InvalidInput
-from handlers.pipeline import Pipeline, Request, TensorSpec, decode_json_body
+from handlers.open_inference import decode_json_body
+from handlers.pipeline import Pipeline, Request, TensorSpec
 from handlers.tasks.features import USAGE, FeatureSchema
 
 

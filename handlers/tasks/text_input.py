@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from handlers.errors import InvalidInput, PayloadTooLarge
-from handlers.pipeline import Pipeline, Request, TensorSpec, decode_json_body
+from handlers.open_inference import decode_json_body
+from handlers.pipeline import Pipeline, Request, TensorSpec
 
 
 class TextInput(Pipeline):

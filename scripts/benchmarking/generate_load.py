@@ -1,5 +1,5 @@
-"""The generation benchmark's workload, how each mode is driven and timed, its figures and its targets
-(``generate_bench.py`` runs them and writes the reports).
+"""The generation benchmark's workload, how each mode is driven and timed, and its figures (``generate_bench.py``
+runs them; ``generate_report.py`` reads the targets and writes the reports).
 
 Every streamed mode is driven the same way: ``closed_loop`` runs ``c`` workers, each sending its next request when the
 previous one ends, and ``measure`` times one request from the moment it is sent: TTFT to its first chunk with text,
@@ -35,7 +35,6 @@ IN_PROCESS, SERVERS = ("in-process", "naive", "static", "in-process-served"), ("
 # The same server without continuous batching, at the target level: the serving overrides of its build.
 SERVED_BASELINES = {"naive": {"max_batch_size": 1},
                     "static": {"static_batching": 1, "max_batch_delay_ms": 10}}  # fmt: skip
-BASELINE_GOALS = {"naive": 3.0, "static": 1.5}  # continuous batching's tokens/s over each, at least
 TARGET_C = 16  # where the targets are read (the highest level measured when 16 is not)
 WARMUP_TOKENS = 4
 MIN_OUTPUT = 4  # planned new tokens, at least
@@ -298,50 +297,3 @@ def summarize(results: Sequence[RequestResult], wall_s: float) -> dict:
     if errors:
         summary["first_error"] = errors[0]
     return summary
-
-
-# ---- targets ----------------------------------------------------------------------------------------------
-def at(modes: dict, mode: str, c: int) -> dict | None:
-    return next((p for p in modes.get(mode, []) if p["concurrency"] == c), None)
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def target(mode: str, c: int, name: str, op: str, goal: float, mine: float | None, theirs: float | None,
-           unit: str) -> dict:  # fmt: skip
-    measured = ratio(mine, theirs)
-    met = None if measured is None else measured >= goal if op == ">=" else measured <= goal
-    return {"mode": mode, "concurrency": c, "target": name, "goal": f"{op} {goal:g}x", "measured": measured,
-            "met": met, "detail": f"{_number(mine)} vs {_number(theirs)} {unit}"}  # fmt: skip
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.2f}"
-
-
-def is_served(mode: str) -> bool:
-    return mode.split("-")[0] in SERVERS
-
-
-def check_targets(modes: dict) -> list[dict]:
-    """The issue's targets per server, at c=16 (or the highest level measured); ``met`` None: not measurable. The
-    naive and static baselines are read on the same server (the issue's targets), then in process (stricter: no
-    server's costs, every core)."""
-    rows = []
-    for server in [m for m in SERVERS if modes.get(m)]:
-        c = TARGET_C if at(modes, server, TARGET_C) else max(p["concurrency"] for p in modes[server])
-        here = at(modes, server, c)
-        refs = [(f"{server}-{b}", goal, f"{b} on {server}") for b, goal in BASELINE_GOALS.items()]
-        refs += [(b, goal, f"{b} in process") for b, goal in BASELINE_GOALS.items()]
-        refs.append(("in-process", 0.8, "in-process"))
-        for ref, goal, name in refs:
-            theirs = (at(modes, ref, c) or {}).get("tokens_per_s")
-            rows.append(target(server, c, f"tokens/s at c={c} vs {name}", ">=", goal, here["tokens_per_s"], theirs,
-                               "tok/s"))  # fmt: skip
-        first = (at(modes, server, 1) or {}).get("ttft_p50_ms") if c != 1 else None
-        rows.append(target(server, c, f"TTFT p50 at c={c} vs c=1", "<=", 3.0, here["ttft_p50_ms"], first, "ms"))
-        bound = (at(modes, "in-process", c) or {}).get("itl_p50_ms")
-        rows.append(target(server, c, f"ITL p50 at c={c} vs in-process", "<=", 2.0, here["itl_p50_ms"], bound, "ms"))
-    return rows

@@ -177,17 +177,23 @@ def plot(result: dict, path: Path) -> None:
         best = max(data["in_process"], key=lambda p: p["items_per_s"])
         ax.axhline(best["items_per_s"], color="black", linestyle=":",
                    label=f"in-process best (b={best['batch_size']})")  # fmt: skip
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(result["meta"]["concurrency"], [str(c) for c in result["meta"]["concurrency"]])
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("concurrency (requests in flight)")
-        ax.set_ylabel("requests/s (one item each)")
         ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        concurrency_axes(ax, result["meta"]["concurrency"], "concurrency (requests in flight)",
+                         "requests/s (one item each)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def concurrency_axes(ax, levels: list[int], xlabel: str, ylabel: str) -> None:
+    """A log2 concurrency axis ticked at the levels measured, the y axis from 0, a grid and the legend."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 STYLES = {"": "-", "naive": "--", "ceiling": ":"}

@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scripts.benchmarking import generate_bench
+from scripts.benchmarking import generate_bench, generate_report
 from scripts.benchmarking.generate_load import (
     MIN_OUTPUT,
     Chunk,
     Request,
     RequestResult,
-    check_targets,
     http_stream,
     make_workload,
     measure,
     percentile,
     summarize,
 )  # fmt: skip
+from scripts.benchmarking.generate_report import check_targets
 from scripts.training.lm_artifact import write_lm_artifact
 from tests.unit.lm_fixtures import tiny_lm, tiny_tokenizer
 
@@ -178,14 +178,14 @@ def test_the_markdown_tables():
     full = {m: [p | {"requests": 16, "errors": 0, "requests_per_s": 1.0, "ttft_p99_ms": 1.0, "itl_p99_ms": None,
                      "tpot_p50_ms": 2.0, "tokens_match": True, "process_cpu_pct": 12.0} for p in points]
             for m, points in MODES.items()}  # fmt: skip
-    levels = generate_bench.levels_table(full).splitlines()
+    levels = generate_report.levels_table(full).splitlines()
     assert levels[0].startswith("| mode | c | requests | errors | output tok/s |") and len(levels) == 2 + 14
     assert levels[2].startswith("| in-process | 1 | 16 | 0 | 100.0 |")
     assert "| torchserve | 16 |" in levels[9] and levels[9].endswith("| yes | 12 | - |")
     assert "| triton-static | 16 |" in levels[15] and levels[15].endswith("| yes | 12 | - |")  # served: client CPU
-    targets = generate_bench.targets_table(check_targets(full))
+    targets = generate_report.targets_table(check_targets(full))
     assert targets.count("**met**") == 9 and targets.count("**not met**") == 5
-    assert "--servers none" in generate_bench.targets_table([])
+    assert "--servers none" in generate_report.targets_table([])
 
 
 def test_the_in_process_modes_on_a_tiny_model(tmp_path):

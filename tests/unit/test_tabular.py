@@ -16,7 +16,8 @@ from handlers.artifact import read_manifest
 from handlers.nets import build_module
 from handlers.tasks import load_pipeline
 from scripts.packaging.build import build
-from scripts.training.train_tabular import load_csv, main
+from scripts.training.tabular_data import load_csv
+from scripts.training.train_tabular import main
 
 MINIMUM = {"breast_cancer": 0.95, "wine": 0.9, "diabetes": 0.3, "plants": 0.9}  # held-out accuracy or R^2
 
