@@ -51,6 +51,11 @@ MODELS = {
     ),
     # Triton only, with a deadline (serving.deadline_ms: off by default)
     "sentiment_deadline": (lambda get: get("text_artifact"), {"model_store": None, "serving": {"deadline_ms": 5000}}),
+    # Both servers: batches of 2 at most, and a full one keeps 60 s free before each deadline (serving.reply_margin_ms)
+    "sentiment_margin": (
+        lambda get: get("text_artifact"),
+        {"serving": {"max_batch_size": 2, "reply_margin_ms": 60_000}},
+    ),
 }
 SERVERS = {"built_models", "torchserve", "triton"}
 EXPLAINED = {"digits", "sentiment", "wine"}  # built with their explainers (Triton's <name>_explain); the rest without

@@ -1,6 +1,6 @@
 """Deadlines and overload on the real servers: a request past its deadline is refused uncomputed (Triton's queue
 policy, ``serving.deadline_ms`` and the request's ``timeout``: the model ``sentiment_deadline`` is built with a 5 s
-deadline), and a burst leaves TorchServe answering."""
+deadline), a full batch keeps its reply margin, and a burst leaves TorchServe answering."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from scripts.serving.keys import bearer
 from tests.integration.test_digits_serving import metric_total
 
-pytestmark = pytest.mark.models("sentiment", "sentiment_deadline")
+pytestmark = pytest.mark.models("sentiment", "sentiment_deadline", "sentiment_margin")
 TEXT = b"A gorgeous, witty and deeply moving film; the best I have seen this year."
 
 
@@ -114,6 +114,50 @@ def test_a_request_whose_deadline_passed_is_refused_by_both_servers_uncomputed(t
         client.infer("sentiment", [text], parameters={"deadline": past})
     assert late.value.status() == "StatusCode.UNAVAILABLE"
     assert client.infer("sentiment", [text], parameters={"deadline": future}).as_numpy("LABEL")[0][0] == b"positive"
+
+
+def test_a_full_batch_keeps_the_reply_margin_and_a_request_alone_does_not(torchserve, triton):
+    """``sentiment_margin`` batches 2 requests at most and keeps a 60 s reply margin in a full batch: with 8 clients
+    queued, requests whose deadline is 30 s away are refused uncomputed; one sent alone is answered."""
+    margin = "with the server's queue full, its answer up to 60000 ms more"
+    deadline = lambda: int(time.time() * 1e3) + 30_000  # noqa: E731
+    headers = {**bearer(torchserve.inference_key), "Content-Type": "application/json"}
+    url = f"{torchserve.inference_url}/predictions/sentiment_margin"
+    body = b'{"text": "' + TEXT + b'"}'
+    local = threading.local()
+
+    def torchserve_post() -> httpx.Response:
+        if not hasattr(local, "http"):
+            local.http = httpx.Client(timeout=60)
+        return local.http.post(url, content=body, headers={**headers, "X-Request-Deadline": str(deadline())})
+
+    def ask_torchserve() -> str:
+        answer = torchserve_post()
+        if answer.status_code == 200:
+            return "answered"
+        message = answer.json()["error"]["message"]
+        return "margin" if answer.status_code == 504 and margin in message else f"{answer.status_code} {message}"
+
+    def triton_infer():
+        if not hasattr(local, "grpc"):
+            local.grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{triton.grpc}")
+        text = triton_grpc.InferInput("TEXT", [1, 1], "BYTES")
+        text.set_data_from_numpy(np.array([[TEXT]], dtype=np.object_))
+        return local.grpc.infer("sentiment_margin", [text], parameters={"deadline": deadline()})
+
+    def ask_triton() -> str:
+        try:
+            triton_infer()
+            return "answered"
+        except InferenceServerException as exc:
+            refused = exc.status() == "StatusCode.UNAVAILABLE" and margin in exc.message()
+            return "margin" if refused else f"{exc.status()} {exc.message()}"
+
+    for ask in (ask_torchserve, ask_triton):
+        outcomes = in_parallel(8, 8, ask)
+        assert set(outcomes) <= {"answered", "margin"} and outcomes["margin"] > 0, (ask.__name__, outcomes)
+    assert torchserve_post().json()["label"] == "positive"  # alone: a batch with room keeps no margin
+    assert triton_infer().as_numpy("LABEL")[0][0] == b"positive"
 
 
 def test_triton_drops_the_queued_work_of_a_cancelled_grpc_call(triton):
