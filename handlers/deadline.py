@@ -60,6 +60,11 @@ class DeadlineGate:
         self.batch_ms = 0.0  # 0 until a batch is timed: until then only a deadline that has passed is refused
         self.max_batch_size, self.reply_margin_ms = max_batch_size, reply_margin_ms
 
+    @classmethod
+    def for_serving(cls, serving: Any) -> DeadlineGate:
+        """The gate of a model served with these settings (``handlers.settings.ServingSettings``)."""
+        return cls(serving.max_batch_size, serving.reply_margin_ms)
+
     def observe(self, batch_ms: float) -> None:
         self.batch_ms = batch_ms if not self.batch_ms else self.batch_ms + self.SMOOTHING * (batch_ms - self.batch_ms)
 

@@ -55,8 +55,7 @@ class MaasHandler:
         self.dimensions = version_dimensions(self.version)
         self.counters = BatchedCounters(self.pipeline.manifest.serving.metrics_interval_s, self.emit_metrics, True)
         self.metrics = None  # TorchServe's metrics cache, from the latest batch's context
-        serving = self.pipeline.manifest.serving
-        self.deadlines = DeadlineGate(serving.max_batch_size, serving.reply_margin_ms)
+        self.deadlines = DeadlineGate.for_serving(self.pipeline.manifest.serving)
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:

@@ -50,8 +50,7 @@ class TritonPythonModel:
         )  # fmt: skip
         self.expired_metric = self.expired_family.Metric(labels=model)
         self.counters = BatchedCounters(self.pipeline.manifest.serving.metrics_interval_s, self.emit_metrics, False)
-        serving = self.pipeline.manifest.serving
-        self.deadlines = DeadlineGate(serving.max_batch_size, serving.reply_margin_ms)
+        self.deadlines = DeadlineGate.for_serving(self.pipeline.manifest.serving)
 
     def execute(self, requests: list) -> list:
         def run(keep: list[int]) -> list:

@@ -50,7 +50,8 @@ from scripts.benchmarking.generate_load import (
     static_levels,
     summarize,
 )  # fmt: skip
-from scripts.benchmarking.generate_report import BUSY_LOAD, check_targets, number, targets_table, write_reports
+from scripts.benchmarking.generate_report import BUSY_LOAD, check_targets, targets_table, write_reports
+from scripts.benchmarking.serving_report import number
 from scripts.benchmarking.wrk_load import tree_cpu_seconds
 
 

@@ -7,18 +7,9 @@ import json
 from pathlib import Path
 
 from scripts.benchmarking.generate_load import IN_PROCESS, SERVED_BASELINES, SERVERS, TARGET_C
-from scripts.benchmarking.serving_report import concurrency_axes
+from scripts.benchmarking.serving_report import concurrency_axes, number, table
 
 BASELINE_GOALS = {"naive": 3.0, "static": 1.5}  # continuous batching's tokens/s over each, at least
-
-
-def number(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
 BUSY_LOAD = 1.0  # a 1-min load average above this at the start: the figures share the machine
