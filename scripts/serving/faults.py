@@ -52,13 +52,22 @@ def kill_torchserve_worker(server_pid: int, rng: random.Random) -> Kill:
 
 def kill_triton_stub(server_pid: int, model: str) -> Kill:
     """SIGKILL the Python-backend stub of ``model``'s first instance below ``server_pid``."""
-    instance = f"{model}_0_0"
+    process = first_stub(server_pid, model)
+    if process is None:
+        raise RuntimeError(f"no Python stub for {model}_0_0 below pid {server_pid}")
+    process.kill()
+    return Kill("triton", f"stub {model}_0_0 (pid {process.pid})", time.monotonic())
+
+
+def first_stub(server_pid: int, model: str) -> psutil.Process | None:
+    """The live Python-backend stub of ``model``'s first instance (``<model>_0_0``) below ``server_pid``, or None:
+    once killed, it is back only when the model has been reloaded (a dead one is a zombie, whose command line
+    cannot be read)."""
     for process in descendants(server_pid):
         cmdline = _cmdline(process)
-        if cmdline and TRITON_STUB in cmdline[0] and instance in cmdline:
-            process.kill()
-            return Kill("triton", f"stub {instance} (pid {process.pid})", time.monotonic())
-    raise RuntimeError(f"no Python stub for {instance} below pid {server_pid}")
+        if cmdline and TRITON_STUB in cmdline[0] and f"{model}_0_0" in cmdline:
+            return process
+    return None
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

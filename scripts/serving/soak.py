@@ -29,7 +29,7 @@ from pathlib import Path
 from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY, at_least, positive
 from scripts.serving.canary import CANARY_FILE, CanarySplit
 from scripts.serving.client import RetryPolicy, TorchServeClient, TritonClient
-from scripts.serving.faults import cli_torchserve_pid, kill_torchserve_worker, kill_triton_stub
+from scripts.serving.faults import cli_torchserve_pid, first_stub, kill_torchserve_worker, kill_triton_stub
 from scripts.serving.keys import TritonAccess, read_inference_key, read_triton_key
 from scripts.serving.pod_probe import torchserve_body
 from scripts.serving.probe import VERSION_HEADER, torchserve_probes, triton_inputs, triton_probes
@@ -94,17 +94,20 @@ class Caller:
         return Answer(label, response.model_version, routed)
 
 
-def recovery_seconds(servers: Servers, targets: list[Target], since: float, limit: float = 120.0) -> tuple[float, bool]:
-    """Seconds from ``since`` until every target answers a probe without retries; and whether one failed first."""
+def recovery_seconds(servers: Servers, targets: list[Target], since: float, limit: float = 120.0,
+                     healed=lambda: True) -> tuple[float, bool]:  # fmt: skip
+    """Seconds from ``since`` until ``healed()`` and every target answers a probe without retries; and whether a
+    probe failed first."""
     caller, failed = Caller(servers, retrying=False), False
     while time.monotonic() - since < limit:
         try:
             for target in targets:
                 caller.answer(target)
-            return time.monotonic() - since, failed
+            if healed():
+                return time.monotonic() - since, failed
         except Exception:
             failed = True
-            time.sleep(0.1)
+        time.sleep(0.1)
     return float("inf"), True
 
 
@@ -123,12 +126,16 @@ def soak(servers: Servers, models: list[str], requests: int, concurrency: int, k
     start = time.monotonic()
 
     def kill(number: int, at_request: int) -> dict:
-        server = "torchserve" if number % 2 else "triton"
+        server, model = "torchserve" if number % 2 else "triton", models[(number // 2 - 1) % len(models)]
+
+        def healed() -> bool:  # a model with several instances answers from the others: recovered once it is back
+            return server == "torchserve" or first_stub(servers.triton_pid, model) is not None
+
         if server == "torchserve":
             kill = kill_torchserve_worker(servers.torchserve_pid, rng)
         else:
-            kill = kill_triton_stub(servers.triton_pid, models[(number // 2 - 1) % len(models)])
-        seconds, outage = recovery_seconds(servers, [t for t in targets if t.server == server], kill.at)
+            kill = kill_triton_stub(servers.triton_pid, model)
+        seconds, outage = recovery_seconds(servers, [t for t in targets if t.server == server], kill.at, healed=healed)
         return {"server": server, "killed": kill.what, "at_request": at_request, "recovery_s": round(seconds, 2),
                 "outage_seen": outage}  # fmt: skip
 

@@ -75,8 +75,9 @@ def test_soak_with_a_worker_and_a_stub_killed_loses_nothing(private):
     assert report["sent"] == 3000 and report["lost"] == 0 and report["wrong"] == 0, report
     assert [k["server"] for k in report["kills"]] == ["torchserve", "triton"], report
     triton_kill = report["kills"][1]
-    # The stub's death is seen by the probe (an outage), and the supervisor brought the model back.
-    assert triton_kill["outage_seen"] and triton_kill["recovery_s"] < 120, report
+    # The supervisor brought the killed stub back (Triton never restarts one by itself) and the model answers. Its
+    # other instance may answer meanwhile (digits runs two), so a probe need not have failed.
+    assert "digits_0_0" in triton_kill["killed"] and triton_kill["recovery_s"] < 120, report
 
 
 # ---- access control --------------------------------------------------------------------------------------
