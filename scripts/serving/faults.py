@@ -22,6 +22,7 @@ class Kill:
     server: str
     what: str  # the process killed, e.g. "worker pid 123" or "stub digits_0_0 (pid 456)"
     at: float  # time.monotonic() of the kill
+    pid: int = 0  # the process killed
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -56,13 +57,13 @@ def kill_triton_stub(server_pid: int, model: str) -> Kill:
     if process is None:
         raise RuntimeError(f"no Python stub for {model}_0_0 below pid {server_pid}")
     process.kill()
-    return Kill("triton", f"stub {model}_0_0 (pid {process.pid})", time.monotonic())
+    return Kill("triton", f"stub {model}_0_0 (pid {process.pid})", time.monotonic(), process.pid)
 
 
 def first_stub(server_pid: int, model: str) -> psutil.Process | None:
-    """The live Python-backend stub of ``model``'s first instance (``<model>_0_0``) below ``server_pid``, or None:
-    once killed, it is back only when the model has been reloaded (a dead one is a zombie, whose command line
-    cannot be read)."""
+    """The Python-backend stub of ``model``'s first instance (``<model>_0_0``) below ``server_pid``, or None. Once
+    killed, another process takes its name only when the model has been reloaded (the killed one may still be
+    listed for a moment: compare pids)."""
     for process in descendants(server_pid):
         cmdline = _cmdline(process)
         if cmdline and TRITON_STUB in cmdline[0] and f"{model}_0_0" in cmdline:

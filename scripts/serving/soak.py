@@ -127,14 +127,17 @@ def soak(servers: Servers, models: list[str], requests: int, concurrency: int, k
 
     def kill(number: int, at_request: int) -> dict:
         server, model = "torchserve" if number % 2 else "triton", models[(number // 2 - 1) % len(models)]
-
-        def healed() -> bool:  # a model with several instances answers from the others: recovered once it is back
-            return server == "torchserve" or first_stub(servers.triton_pid, model) is not None
-
         if server == "torchserve":
             kill = kill_torchserve_worker(servers.torchserve_pid, rng)
         else:
             kill = kill_triton_stub(servers.triton_pid, model)
+
+        def healed() -> bool:  # a model with several instances answers from the others: recovered once it is back
+            if server == "torchserve":
+                return True
+            stub = first_stub(servers.triton_pid, model)
+            return stub is not None and stub.pid != kill.pid
+
         seconds, outage = recovery_seconds(servers, [t for t in targets if t.server == server], kill.at, healed=healed)
         return {"server": server, "killed": kill.what, "at_request": at_request, "recovery_s": round(seconds, 2),
                 "outage_seen": outage}  # fmt: skip
