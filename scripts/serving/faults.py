@@ -6,6 +6,7 @@ Processes are found below a server's own process, so a test's private server is 
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -22,7 +23,6 @@ class Kill:
     server: str
     what: str  # the process killed, e.g. "worker pid 123" or "stub digits_0_0 (pid 456)"
     at: float  # time.monotonic() of the kill
-    pid: int = 0  # the process killed
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -53,22 +53,23 @@ def kill_torchserve_worker(server_pid: int, rng: random.Random) -> Kill:
 
 def kill_triton_stub(server_pid: int, model: str) -> Kill:
     """SIGKILL the Python-backend stub of ``model``'s first instance below ``server_pid``."""
-    process = first_stub(server_pid, model)
+    process = next((p for p in triton_stubs(server_pid, model) if f"{model}_0_0" in _cmdline(p)), None)
     if process is None:
         raise RuntimeError(f"no Python stub for {model}_0_0 below pid {server_pid}")
     process.kill()
-    return Kill("triton", f"stub {model}_0_0 (pid {process.pid})", time.monotonic(), process.pid)
+    return Kill("triton", f"stub {model}_0_0 (pid {process.pid})", time.monotonic())
 
 
-def first_stub(server_pid: int, model: str) -> psutil.Process | None:
-    """The Python-backend stub of ``model``'s first instance (``<model>_0_0``) below ``server_pid``, or None. Once
-    killed, another process takes its name only when the model has been reloaded (the killed one may still be
-    listed for a moment: compare pids)."""
+def triton_stubs(server_pid: int, model: str) -> list[psutil.Process]:
+    """The Python-backend stubs of every instance of ``model`` (``<model>_<group>_<index>``) below ``server_pid``.
+    A reload starts new ones beside the old, and the old leave once the new model serves (a dead one is a zombie,
+    whose command line cannot be read)."""
+    instance, stubs = re.compile(rf"{re.escape(model)}_\d+_\d+"), []
     for process in descendants(server_pid):
         cmdline = _cmdline(process)
-        if cmdline and TRITON_STUB in cmdline[0] and f"{model}_0_0" in cmdline:
-            return process
-    return None
+        if cmdline and TRITON_STUB in cmdline[0] and any(map(instance.fullmatch, cmdline)):
+            stubs.append(process)
+    return stubs
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY, at_least, positive
 from scripts.serving.canary import CANARY_FILE, CanarySplit
 from scripts.serving.client import RetryPolicy, TorchServeClient, TritonClient
-from scripts.serving.faults import cli_torchserve_pid, first_stub, kill_torchserve_worker, kill_triton_stub
+from scripts.serving.faults import cli_torchserve_pid, kill_torchserve_worker, kill_triton_stub, triton_stubs
 from scripts.serving.keys import TritonAccess, read_inference_key, read_triton_key
 from scripts.serving.pod_probe import torchserve_body
 from scripts.serving.probe import VERSION_HEADER, torchserve_probes, triton_inputs, triton_probes
@@ -128,15 +128,18 @@ def soak(servers: Servers, models: list[str], requests: int, concurrency: int, k
     def kill(number: int, at_request: int) -> dict:
         server, model = "torchserve" if number % 2 else "triton", models[(number // 2 - 1) % len(models)]
         if server == "torchserve":
-            kill = kill_torchserve_worker(servers.torchserve_pid, rng)
+            kill, before = kill_torchserve_worker(servers.torchserve_pid, rng), set()
         else:
+            before = {p.pid for p in triton_stubs(servers.triton_pid, model)}
             kill = kill_triton_stub(servers.triton_pid, model)
 
-        def healed() -> bool:  # a model with several instances answers from the others: recovered once it is back
+        def healed() -> bool:
+            """TorchServe restarts its worker; a Triton model is back once every stub is new (the supervisor's
+            reload has swapped them all in: meanwhile another instance may answer, and a probe need not fail)."""
             if server == "torchserve":
                 return True
-            stub = first_stub(servers.triton_pid, model)
-            return stub is not None and stub.pid != kill.pid
+            stubs = {p.pid for p in triton_stubs(servers.triton_pid, model)}
+            return bool(stubs) and not stubs & before
 
         seconds, outage = recovery_seconds(servers, [t for t in targets if t.server == server], kill.at, healed=healed)
         return {"server": server, "killed": kill.what, "at_request": at_request, "recovery_s": round(seconds, 2),
