@@ -64,6 +64,9 @@ class Answer:
     routed: str | None  # the version this request was routed to (a canary's), None: the model's default
 
 
+HEALED_ROUNDS = 20  # probes in a row after a Triton reload starts: a dead instance left would fail ~half
+
+
 class Caller:
     """One thread's clients; ``answer`` sends a target its probe and returns its ``Answer`` (raises when it fails)."""
 
@@ -95,18 +98,20 @@ class Caller:
 
 
 def recovery_seconds(servers: Servers, targets: list[Target], since: float, limit: float = 120.0,
-                     healed=lambda: True) -> tuple[float, bool]:  # fmt: skip
-    """Seconds from ``since`` until ``healed()`` and every target answers a probe without retries; and whether a
-    probe failed first."""
-    caller, failed = Caller(servers, retrying=False), False
+                     healed=lambda: True, rounds: int = 1) -> tuple[float, bool]:  # fmt: skip
+    """Seconds from ``since`` until ``healed()`` and every target answers ``rounds`` probes in a row without retries;
+    and whether a probe failed first."""
+    caller, failed, streak = Caller(servers, retrying=False), False, 0
     while time.monotonic() - since < limit:
         try:
             for target in targets:
                 caller.answer(target)
-            if healed():
+            streak = streak + 1 if healed() else 0
+            if streak >= rounds:
                 return time.monotonic() - since, failed
+            continue
         except Exception:
-            failed = True
+            failed, streak = True, 0
         time.sleep(0.1)
     return float("inf"), True
 
@@ -134,14 +139,14 @@ def soak(servers: Servers, models: list[str], requests: int, concurrency: int, k
             kill = kill_triton_stub(servers.triton_pid, model)
 
         def healed() -> bool:
-            """TorchServe restarts its worker; a Triton model is back once every stub is new (the supervisor's
-            reload has swapped them all in: meanwhile another instance may answer, and a probe need not fail)."""
-            if server == "torchserve":
-                return True
-            stubs = {p.pid for p in triton_stubs(servers.triton_pid, model)}
-            return bool(stubs) and not stubs & before
+            """TorchServe restarts its worker. A Triton model's other instances answer while one stub is dead, so a
+            probe need not fail: it is back once the supervisor's reload has started new stubs and no probe fails
+            for ``HEALED_ROUNDS`` rounds (the old instances serve until the reload is done, ~2 s)."""
+            return server == "torchserve" or any(p.pid not in before for p in triton_stubs(servers.triton_pid, model))
 
-        seconds, outage = recovery_seconds(servers, [t for t in targets if t.server == server], kill.at, healed=healed)
+        rounds = 1 if server == "torchserve" else HEALED_ROUNDS
+        seconds, outage = recovery_seconds(servers, [t for t in targets if t.server == server], kill.at, healed=healed,
+                                           rounds=rounds)  # fmt: skip
         return {"server": server, "killed": kill.what, "at_request": at_request, "recovery_s": round(seconds, 2),
                 "outage_seen": outage}  # fmt: skip
 
