@@ -62,8 +62,8 @@ def kill_triton_stub(server_pid: int, model: str) -> Kill:
 
 def triton_stubs(server_pid: int, model: str) -> list[psutil.Process]:
     """The Python-backend stubs of every instance of ``model`` (``<model>_<group>_<index>``) below ``server_pid``.
-    A reload starts new ones beside the old, and the old leave once the new model serves (a dead one is a zombie,
-    whose command line cannot be read)."""
+    A reload starts new ones beside the old (a dead one is a zombie, whose command line cannot be read, so it is not
+    listed)."""
     instance, stubs = re.compile(rf"{re.escape(model)}_\d+_\d+"), []
     for process in descendants(server_pid):
         cmdline = _cmdline(process)

@@ -132,19 +132,18 @@ def soak(servers: Servers, models: list[str], requests: int, concurrency: int, k
 
     def kill(number: int, at_request: int) -> dict:
         server, model = "torchserve" if number % 2 else "triton", models[(number // 2 - 1) % len(models)]
-        if server == "torchserve":
-            kill, before = kill_torchserve_worker(servers.torchserve_pid, rng), set()
+        if server == "torchserve":  # TorchServe restarts its worker: back once every model answers
+            kill, healed, rounds = kill_torchserve_worker(servers.torchserve_pid, rng), lambda: True, 1
         else:
+            # A Triton model's other instances answer while one stub is dead, so a probe need not fail: it is back
+            # once the supervisor's reload has started new stubs and HEALED_ROUNDS rounds in a row answer (the old
+            # instances, the dead one among them, serve until the reload is done, ~2 s).
             before = {p.pid for p in triton_stubs(servers.triton_pid, model)}
-            kill = kill_triton_stub(servers.triton_pid, model)
+            kill, rounds = kill_triton_stub(servers.triton_pid, model), HEALED_ROUNDS
 
-        def healed() -> bool:
-            """TorchServe restarts its worker. A Triton model's other instances answer while one stub is dead, so a
-            probe need not fail: it is back once the supervisor's reload has started new stubs and no probe fails
-            for ``HEALED_ROUNDS`` rounds (the old instances serve until the reload is done, ~2 s)."""
-            return server == "torchserve" or any(p.pid not in before for p in triton_stubs(servers.triton_pid, model))
+            def healed() -> bool:
+                return any(p.pid not in before for p in triton_stubs(servers.triton_pid, model))
 
-        rounds = 1 if server == "torchserve" else HEALED_ROUNDS
         seconds, outage = recovery_seconds(servers, [t for t in targets if t.server == server], kill.at, healed=healed,
                                            rounds=rounds)  # fmt: skip
         return {"server": server, "killed": kill.what, "at_request": at_request, "recovery_s": round(seconds, 2),
