@@ -56,8 +56,8 @@ class ServingSettings:
     explain_max_steps: int = 256
     explain_batch: int = 128
     # The handlers' own counters (stage times, rows) are summed over this many seconds before the server records
-    # them (handlers/batched_counters.py); 0 records them after every batch. A language model on TorchServe publishes
-    # its generation metrics at most this often (handlers/torchserve_generation.py).
+    # them (handlers/batched_counters.py); 0 records them after every batch. A language model publishes its
+    # generation metrics at most this often too, on both servers (handlers/generation/metrics.py).
     metrics_interval_s: float = 0.25
     torchserve: dict[str, Any] = field(default_factory=dict)  # overrides for TorchServe only
     triton: dict[str, Any] = field(default_factory=dict)  # overrides for Triton only

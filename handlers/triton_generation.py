@@ -50,7 +50,8 @@ class TritonPythonModel:
         self.service = GenerationService(artifact_dir(args), device=device(args))
         self.metrics = GenerationMetrics()
         published = TritonMetrics(args["model_name"], str(args["model_version"]))
-        self.publisher = Publisher(published.publish, name=f"metrics-{args['model_name']}")
+        self.publisher = Publisher(published.publish, name=f"metrics-{args['model_name']}",
+                                   interval_s=self.service.manifest.serving.metrics_interval_s)  # fmt: skip
         self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics,
                                deliver_apart=True)  # fmt: skip
         self.ids = itertools.count()

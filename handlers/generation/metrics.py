@@ -98,11 +98,16 @@ def combine(steps: list[StepMetrics]) -> StepMetrics:
 
 
 class Publisher:
-    """Publishes steps' metrics on a thread of its own, several steps combined when they wait: a server's metric
-    calls (on Triton each is a round trip to the server process) then never hold the engine up."""
+    """Publishes steps' metrics on a thread of its own, at most every ``interval_s``, the steps since combined.
 
-    def __init__(self, publish: Callable[[StepMetrics], None], name: str = "metrics"):
-        self._publish = publish
+    On Triton each metric call is a round trip to the server process that holds the interpreter lock throughout
+    (the Python backend's bindings do not release it), so the engine thread stalls at its next operator for as
+    long: published after every step, they slowed each step by ~30% at one sequence. Combined, the counters and
+    gauges cost one call each per interval; histograms still take one call per observation.
+    """
+
+    def __init__(self, publish: Callable[[StepMetrics], None], name: str = "metrics", interval_s: float = 0.0):
+        self._publish, self._interval_s = publish, interval_s
         self._cond = threading.Condition()
         self._waiting: list[StepMetrics] = []
         threading.Thread(target=self._run, name=name, daemon=True).start()
@@ -118,10 +123,12 @@ class Publisher:
                 while not self._waiting:
                     self._cond.wait()
                 steps, self._waiting = self._waiting, []
+            started = time.monotonic()
             try:
                 self._publish(combine(steps))
             except Exception:
                 log.exception("could not publish metrics")
+            time.sleep(max(0.0, self._interval_s - (time.monotonic() - started)))
 
 
 def publish_torchserve(metrics, step: StepMetrics, dimensions: list | None = None) -> None:

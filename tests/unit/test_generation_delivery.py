@@ -3,6 +3,7 @@ engine paced by its consumer), first tokens before the decode, and metrics publi
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -118,3 +119,21 @@ def test_steps_metrics_combine_and_are_published_off_the_caller_s_thread():
         assert time.monotonic() < deadline, "not published"
         time.sleep(0.01)
     assert threading.current_thread() not in threads
+
+
+def test_a_publisher_with_an_interval_combines_the_steps_between_its_calls_and_loses_none():
+    calls: list[tuple[float, StepMetrics]] = []
+    publisher = Publisher(lambda step: calls.append((time.monotonic(), step)), interval_s=0.2)
+    started = time.monotonic()
+    for i in range(30):  # 30 steps over 0.3 s or more: a call per 0.2 s of it, not one per step
+        publisher.put(StepMetrics([], [0.01], 0, 1, {"length": 1} if i == 29 else {}, running=1, waiting=0))
+        time.sleep(0.01)
+    putting_s = time.monotonic() - started
+    deadline = time.monotonic() + 10
+    while sum(step.generation_tokens for _, step in calls) < 30:
+        assert time.monotonic() < deadline, "not every step was published"
+        time.sleep(0.01)
+    assert 2 <= len(calls) <= 2 + putting_s / 0.2
+    assert all(later - earlier >= 0.19 for (earlier, _), (later, _) in itertools.pairwise(calls))
+    assert sum(len(step.inter_token_latency) for _, step in calls) == 30  # every observation kept
+    assert sum(step.finished.get("length", 0) for _, step in calls) == 1
