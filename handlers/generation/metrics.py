@@ -102,7 +102,7 @@ class Publisher:
 
     On Triton each metric call is a round trip to the server process that holds the interpreter lock throughout
     (the Python backend's bindings do not release it), so the engine thread stalls at its next operator for as
-    long: published after every step, they slowed each step by ~30% at one sequence. Combined, the counters and
+    long: published after every step, they cost ~0.4 ms a step (~15%) at one sequence. Combined, the counters and
     gauges cost one call each per interval; histograms still take one call per observation.
     """
 
