@@ -6,16 +6,15 @@ Processes are found below a server's own process, so a test's private server is 
 from __future__ import annotations
 
 import random
-import re
 import time
 from dataclasses import dataclass
 
 import psutil
 
 from scripts import REPO_ROOT
+from scripts.serving.processes import cmdline, descendants, triton_stubs
 
 TORCHSERVE_WORKER = "model_service_worker"
-TRITON_STUB = "triton_python_backend_stub"
 
 
 @dataclass
@@ -25,25 +24,18 @@ class Kill:
     at: float  # time.monotonic() of the kill
 
 
-def descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 def cli_torchserve_pid() -> int | None:
     """The frontend of the TorchServe ``maas serve start`` runs (its working directory is the repository root)."""
     for process in psutil.process_iter(["cmdline", "cwd"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "org.pytorch.serve.ModelServer" in cmdline and process.info["cwd"] == str(REPO_ROOT):
+        command = " ".join(process.info["cmdline"] or [])
+        if "org.pytorch.serve.ModelServer" in command and process.info["cwd"] == str(REPO_ROOT):
             return process.pid
     return None
 
 
 def kill_torchserve_worker(server_pid: int, rng: random.Random) -> Kill:
     """SIGKILL one model worker of the TorchServe below ``server_pid`` (TorchServe restarts it)."""
-    workers = [p for p in descendants(server_pid) if TORCHSERVE_WORKER in " ".join(_cmdline(p))]
+    workers = [p for p in descendants(server_pid) if TORCHSERVE_WORKER in " ".join(cmdline(p))]
     if not workers:
         raise RuntimeError(f"no TorchServe worker below pid {server_pid}")
     victim = rng.choice(workers)
@@ -53,27 +45,8 @@ def kill_torchserve_worker(server_pid: int, rng: random.Random) -> Kill:
 
 def kill_triton_stub(server_pid: int, model: str) -> Kill:
     """SIGKILL the Python-backend stub of ``model``'s first instance below ``server_pid``."""
-    process = next((p for p in triton_stubs(server_pid, model) if f"{model}_0_0" in _cmdline(p)), None)
+    process = next((p for p in triton_stubs(server_pid, model) if f"{model}_0_0" in cmdline(p)), None)
     if process is None:
         raise RuntimeError(f"no Python stub for {model}_0_0 below pid {server_pid}")
     process.kill()
     return Kill("triton", f"stub {model}_0_0 (pid {process.pid})", time.monotonic())
-
-
-def triton_stubs(server_pid: int, model: str) -> list[psutil.Process]:
-    """The Python-backend stubs of every instance of ``model`` (``<model>_<group>_<index>``) below ``server_pid``.
-    A reload starts new ones beside the old (a dead one is a zombie, whose command line cannot be read, so it is not
-    listed)."""
-    instance, stubs = re.compile(rf"{re.escape(model)}_\d+_\d+"), []
-    for process in descendants(server_pid):
-        cmdline = _cmdline(process)
-        if cmdline and TRITON_STUB in cmdline[0] and any(map(instance.fullmatch, cmdline)):
-            stubs.append(process)
-    return stubs
-
-
-def _cmdline(process: psutil.Process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 from scripts import REPO_ROOT
 
@@ -97,3 +100,33 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+TRITON_STUB = "triton_python_backend_stub"
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def triton_stubs(server_pid: int, model: str) -> list[psutil.Process]:
+    """The Python-backend stubs of every instance of ``model`` (``<model>_<group>_<index>``) below ``server_pid``.
+    A reload starts new ones beside the old (a dead one is a zombie, whose command line cannot be read, so it is not
+    listed)."""
+    instance, stubs = re.compile(rf"{re.escape(model)}_\d+_\d+"), []
+    for process in descendants(server_pid):
+        args = cmdline(process)
+        if args and TRITON_STUB in args[0] and any(map(instance.fullmatch, args)):
+            stubs.append(process)
+    return stubs
+
+
+def cmdline(process: psutil.Process) -> list[str]:
+    """A process's command line; empty when it cannot be read (a zombie, a process that has ended)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []

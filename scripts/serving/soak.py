@@ -29,11 +29,11 @@ from pathlib import Path
 from scripts import MODEL_STORE, REPO_ROOT, TRITON_REPOSITORY, at_least, positive
 from scripts.serving.canary import CANARY_FILE, CanarySplit
 from scripts.serving.client import RetryPolicy, TorchServeClient, TritonClient
-from scripts.serving.faults import cli_torchserve_pid, kill_torchserve_worker, kill_triton_stub, triton_stubs
+from scripts.serving.faults import cli_torchserve_pid, kill_torchserve_worker, kill_triton_stub
 from scripts.serving.keys import TritonAccess, read_inference_key, read_triton_key
 from scripts.serving.pod_probe import torchserve_body
 from scripts.serving.probe import VERSION_HEADER, torchserve_probes, triton_inputs, triton_probes
-from scripts.serving.processes import TRITON_PID_FILE
+from scripts.serving.processes import TRITON_PID_FILE, triton_stubs
 
 
 @dataclass

@@ -8,8 +8,9 @@ Secret (``--key-env MAAS_TRITON_KEY``), and without ``--log-file`` it writes tri
 
 * **Self-healing.** A killed Python-backend stub is a silent outage: tritonserver keeps answering readiness with
   200 while every request to the model fails ``Stub process ... is not healthy``. Every ``--interval`` seconds the
-  supervisor sends each model its deep health probe (``scripts/serving/health.py``); a model whose stub is dead,
-  or that fails 3 probes in a row, is reloaded with fresh instances through the repository API on loopback, with
+  supervisor looks for each instance's stub process and sends each model its deep health probe
+  (``scripts/serving/health.py``); a model with an instance whose stub is gone, or whose probe finds it dead, or
+  that fails 3 probes in a row, is reloaded with fresh instances through the repository API on loopback, with
   the access key (an ensemble: the models it is made of). Requests that fail meanwhile are retried by
   ``scripts/serving/client.py``.
 * **Bounded logs.** tritonserver's output goes to ``--log-file``, rotated at 20 MB with 3 old files kept.
@@ -39,6 +40,7 @@ from tritonclient.grpc import model_config_pb2
 from scripts.serving.health import triton_health
 from scripts.serving.keys import TritonAccess
 from scripts.serving.probe import triton_probes
+from scripts.serving.processes import TRITON_STUB, cmdline, descendants
 from scripts.serving.triton_server import TritonPorts, triton_command, triton_environment
 
 LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
@@ -66,10 +68,10 @@ def composing_models(repository: Path, model: str) -> list[str]:
 
 
 class Healer:
-    """Probe each model; reload one that does not answer."""
+    """Reload a model with a dead stub, or one that does not answer its probes."""
 
-    def __init__(self, repository: Path, ports: TritonPorts, access: TritonAccess):
-        self.repository, self.access = repository, access
+    def __init__(self, repository: Path, ports: TritonPorts, access: TritonAccess, server_pid: int | None = None):
+        self.repository, self.access, self.server_pid = repository, access, server_pid
         self.url = f"127.0.0.1:{ports.http}"
         self.admin = httpx.Client(base_url=f"http://{self.url}", headers=access.admin_headers(), timeout=300)
         self.failures: dict[str, int] = {}  # consecutive failed probes per model
@@ -77,12 +79,39 @@ class Healer:
 
     def check(self) -> None:
         """A dead stub is reloaded at once; any other failure (a timeout under load...) only when it persists."""
-        for result in triton_health(self.url, headers=self.access.inference_headers(), probes=self.probes):
+        dead = self.dead_instances()
+        for model, instances in dead.items():
+            log.warning("%s: no live stub for instance(s) %s; reloading it", model, ", ".join(instances))
+            self.reload(model)
+        results = triton_health(self.url, headers=self.access.inference_headers(), probes=self.probes)
+        for result in (r for r in results if r.model not in dead):
             failures = self.failures[result.model] = 0 if result.ok else self.failures.get(result.model, 0) + 1
             if failures and ("is not healthy" in result.detail or failures >= PERSISTENT_FAILURES):
                 log.warning("%s failed its health probe (%s); reloading it", result.model, result.detail)
                 self.reload(result.model)
                 self.failures[result.model] = 0
+
+    def dead_instances(self) -> dict[str, list[str]]:
+        """Per Python-backend model, its instances without a live stub process (empty when all are there).
+
+        The probes cannot find every dead stub: a model with several instances answers from the live ones, and
+        Triton sends a lone probe to whichever is free, while a share of the real traffic fails. So each instance
+        the server's config names (``<group>_<index>``) must have its stub running below the server.
+        """
+        dead: dict[str, list[str]] = {}
+        if self.server_pid is None:
+            return dead
+        stubs = (cmdline(process) for process in descendants(self.server_pid))
+        running = {arg for args in stubs if args and TRITON_STUB in args[0] for arg in args}
+        for model in self.probes:
+            config = self.admin.get(f"/v2/models/{model}/config")
+            if config.status_code != 200 or config.json().get("backend") != "python":
+                continue
+            expected = [f"{group['name']}_{i}" for group in config.json().get("instance_group", [])
+                        for i in range(group.get("count", 1))]  # fmt: skip
+            if missing := [name for name in expected if name not in running]:
+                dead[model] = missing
+        return dead
 
     def reload(self, model: str) -> None:
         """Reload the model (an ensemble: the models it is made of) with fresh instances.
@@ -126,7 +155,7 @@ def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_fi
     pump = threading.Thread(target=pump_log, args=(server.stdout, log_file), daemon=True)
     pump.start()
     log.info("tritonserver started (pid %d)", server.pid)
-    healer, serving = Healer(repository, ports, access), False
+    healer, serving = Healer(repository, ports, access, server.pid), False
     try:
         while not stopping.wait(interval or 1.0) and server.poll() is None:
             serving = serving or ready(healer.url)  # models are loading until the server first says ready
