@@ -8,11 +8,11 @@ Secret (``--key-env MAAS_TRITON_KEY``), and without ``--log-file`` it writes tri
 
 * **Self-healing.** A killed Python-backend stub is a silent outage: tritonserver keeps answering readiness with
   200 while every request to the model fails ``Stub process ... is not healthy``. Every ``--interval`` seconds the
-  supervisor looks for each instance's stub process and sends each model its deep health probe
-  (``scripts/serving/health.py``); a model with an instance whose stub is gone, or whose probe finds it dead, or
-  that fails 3 probes in a row, is reloaded with fresh instances through the repository API on loopback, with
-  the access key (an ensemble: the models it is made of). Requests that fail meanwhile are retried by
-  ``scripts/serving/client.py``.
+  supervisor sends each model its deep health probe (``scripts/serving/health.py``), and more probes to a model
+  one of whose instances has no stub process left (a lone probe may only meet the live instances); a model whose
+  probe finds a dead stub, or that fails 3 probes in a row, is reloaded with fresh instances through the
+  repository API on loopback, with the access key (an ensemble: the models it is made of). Requests that fail
+  meanwhile are retried by ``scripts/serving/client.py``.
 * **Bounded logs.** tritonserver's output goes to ``--log-file``, rotated at 20 MB with 3 old files kept.
 * **Stopping.** SIGTERM or SIGINT stops tritonserver (SIGTERM to it alone: it shuts its stubs down itself) and
   then the supervisor. When tritonserver exits by itself the supervisor exits with its code, for the container's
@@ -45,6 +45,7 @@ from scripts.serving.triton_server import TritonPorts, triton_command, triton_en
 
 LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
 PERSISTENT_FAILURES = 3  # probes in a row before a model that is not known dead is reloaded
+SUSPECT_PROBES = 8  # more probes a check sends a model with an instance's stub process gone, to meet that instance
 log = logging.getLogger("maas.triton_supervisor")
 
 
@@ -78,18 +79,31 @@ class Healer:
         self.probes = triton_probes(repository)  # read once: the repository does not change under a running server
 
     def check(self) -> None:
-        """A dead stub is reloaded at once; any other failure (a timeout under load...) only when it persists."""
-        dead = self.dead_instances()
-        for model, instances in dead.items():
-            log.warning("%s: no live stub for instance(s) %s; reloading it", model, ", ".join(instances))
-            self.reload(model)
-        results = triton_health(self.url, headers=self.access.inference_headers(), probes=self.probes)
-        for result in (r for r in results if r.model not in dead):
+        """A dead stub is reloaded at once; any other failure (a timeout under load...) only when it persists.
+
+        A model with an instance whose stub process is gone gets up to ``SUSPECT_PROBES`` more probes, until one
+        lands on that instance: the reload waits for Triton itself to report the stub unhealthy, since unloading
+        an instance whose death it has not noticed aborted tritonserver (``boost::interprocess::lock_exception``).
+        """
+        headers = self.access.inference_headers()
+        reloaded = set()
+        for result in triton_health(self.url, headers=headers, probes=self.probes):
             failures = self.failures[result.model] = 0 if result.ok else self.failures.get(result.model, 0) + 1
             if failures and ("is not healthy" in result.detail or failures >= PERSISTENT_FAILURES):
                 log.warning("%s failed its health probe (%s); reloading it", result.model, result.detail)
                 self.reload(result.model)
                 self.failures[result.model] = 0
+                reloaded.add(result.model)
+        for model, instances in self.dead_instances().items():
+            if model in reloaded:
+                continue
+            for _ in range(SUSPECT_PROBES):
+                (result,) = triton_health(self.url, headers=headers, probes={model: self.probes[model]})
+                if "is not healthy" in result.detail:
+                    log.warning("%s: no stub process for %s, and a probe met it (%s); reloading it", model,
+                                ", ".join(instances), result.detail)  # fmt: skip
+                    self.reload(model)
+                    break
 
     def dead_instances(self) -> dict[str, list[str]]:
         """Per Python-backend model, its instances without a live stub process (empty when all are there).
