@@ -112,16 +112,18 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+def triton_stub_commands(server_pid: int) -> list[tuple[psutil.Process, list[str]]]:
+    """Every live Python-backend stub below ``server_pid``, with its command line (which names its instance). A dead
+    one is a zombie, whose command line cannot be read, so it is not listed."""
+    commands = ((process, cmdline(process)) for process in descendants(server_pid))
+    return [(process, args) for process, args in commands if args and TRITON_STUB in args[0]]
+
+
 def triton_stubs(server_pid: int, model: str) -> list[psutil.Process]:
-    """The Python-backend stubs of every instance of ``model`` (``<model>_<group>_<index>``) below ``server_pid``.
-    A reload starts new ones beside the old (a dead one is a zombie, whose command line cannot be read, so it is not
-    listed)."""
-    instance, stubs = re.compile(rf"{re.escape(model)}_\d+_\d+"), []
-    for process in descendants(server_pid):
-        args = cmdline(process)
-        if args and TRITON_STUB in args[0] and any(map(instance.fullmatch, args)):
-            stubs.append(process)
-    return stubs
+    """The stubs of every instance of ``model`` (``<model>_<group>_<index>``) below ``server_pid``. A reload starts
+    new ones beside the old."""
+    instance = re.compile(rf"{re.escape(model)}_\d+_\d+")
+    return [process for process, args in triton_stub_commands(server_pid) if any(map(instance.fullmatch, args))]
 
 
 def cmdline(process: psutil.Process) -> list[str]:

@@ -106,10 +106,12 @@ def recovery_seconds(servers: Servers, targets: list[Target], since: float, limi
         try:
             for target in targets:
                 caller.answer(target)
-            streak = streak + 1 if healed() else 0
-            if streak >= rounds:
-                return time.monotonic() - since, failed
-            continue
+            if healed():  # the rounds of a streak run back to back; waiting for the heal is paced
+                streak += 1
+                if streak >= rounds:
+                    return time.monotonic() - since, failed
+                continue
+            streak = 0
         except Exception:
             failed, streak = True, 0
         time.sleep(0.1)

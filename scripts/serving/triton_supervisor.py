@@ -40,7 +40,7 @@ from tritonclient.grpc import model_config_pb2
 from scripts.serving.health import triton_health
 from scripts.serving.keys import TritonAccess
 from scripts.serving.probe import triton_probes
-from scripts.serving.processes import TRITON_STUB, cmdline, descendants
+from scripts.serving.processes import triton_stub_commands
 from scripts.serving.triton_server import TritonPorts, triton_command, triton_environment
 
 LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
@@ -115,8 +115,7 @@ class Healer:
         dead: dict[str, list[str]] = {}
         if self.server_pid is None:
             return dead
-        stubs = (cmdline(process) for process in descendants(self.server_pid))
-        running = {arg for args in stubs if args and TRITON_STUB in args[0] for arg in args}
+        running = {arg for _, args in triton_stub_commands(self.server_pid) for arg in args}
         for model in self.probes:
             config = self.admin.get(f"/v2/models/{model}/config")
             if config.status_code != 200 or config.json().get("backend") != "python":

@@ -17,7 +17,8 @@ class FakeHealer(supervisor.Healer):
 
     def __init__(self, missing: dict[str, list[str]]):
         self.failures, self.probes, self.reloads, self.probed = {}, {"digits": {}, "sentiment": {}}, [], []
-        self._missing = missing
+        self._missing, self.url = missing, "127.0.0.1:1"
+        self.access = type("Access", (), {"inference_headers": lambda self: {}})()
 
     def dead_instances(self):
         return self._missing
@@ -41,8 +42,6 @@ def healer_with(monkeypatch):
             return results
 
         monkeypatch.setattr(supervisor, "triton_health", triton_health)
-        healer.access = type("Access", (), {"inference_headers": lambda self: {}})()
-        healer.url = "127.0.0.1:1"
         return healer
 
     return make
