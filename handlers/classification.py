@@ -35,6 +35,7 @@ class Classifier(Pipeline):
         if not manifest.labels:
             raise ValueError(f"{manifest.name}: a classification artifact needs labels")
         self.labels = list(manifest.labels)
+        self.label_bytes = np.array([label.encode() for label in self.labels], dtype=np.object_)
         self.top_k = max(1, min(manifest.serving.top_k, len(self.labels)))
         self.multi_label = bool(manifest.model.get("multi_label", False))
         self.threshold = manifest.serving.threshold
@@ -75,11 +76,11 @@ class Classifier(Pipeline):
         return answer
 
     def format_tensors(self, results: list[np.ndarray]) -> dict[str, np.ndarray]:
-        probabilities = np.stack(results).astype(np.float32)
-        best = probabilities.argmax(axis=1)
+        """Called per request (often one row), so a few whole-array numpy calls and no per-row Python."""
+        probabilities = np.array(results, dtype=np.float32)
         return {
-            "LABEL": np.array([[self.labels[i].encode()] for i in best], dtype=np.object_),
-            "PROBABILITY": probabilities[np.arange(len(best)), best][:, None],
+            "LABEL": self.label_bytes[probabilities.argmax(axis=1)][:, None],
+            "PROBABILITY": probabilities.max(axis=1, keepdims=True),
             "PROBABILITIES": probabilities,
         }
 
