@@ -18,6 +18,7 @@ bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from typing import Any
@@ -85,9 +86,7 @@ class FeatureSchema:
         if isinstance(row, (list, tuple)) or (isinstance(row, np.ndarray) and row.ndim == 1):
             if len(row) != len(self):
                 raise InvalidInput(f"expected {len(self)} features, got {len(row)}")
-            if isinstance(row, np.ndarray) and row.dtype.kind == "f":
-                return self._array(row)
-            return np.array([self._value(i, v) for i, v in enumerate(row)], dtype=np.float32)
+            return self._ordered(row)
         raise InvalidInput(f"a row must be an object of named features or a list of {len(self)} values; {USAGE}")
 
     def _named(self, row: dict) -> np.ndarray:
@@ -100,33 +99,49 @@ class FeatureSchema:
             problems.append(f"{_feature_list(missing)} {'is' if len(missing) == 1 else 'are'} missing")
         if problems:
             raise InvalidInput("; ".join(problems))
-        return np.array([self._value(i, row.get(name)) for i, name in enumerate(self.names)], dtype=np.float32)
+        return self._ordered([row.get(name) for name in self.names])
 
-    def _array(self, row: np.ndarray) -> np.ndarray:
-        """A float vector (a row of Triton's FEATURES): checked at numpy speed, each check only where the schema has
-        columns of its type (a request is one row here, so each call on a tiny array counts: ``np.isin`` on none
-        took ~20 us); the slow path names the culprit."""
+    def _ordered(self, row: list | tuple | np.ndarray) -> np.ndarray:
+        """Values in schema order. Floats (a row of Triton's FEATURES) and plain JSON numbers are checked as one
+        array; anything else (a bool, a category's name, a missing value), or an array that fails, value by value,
+        which names the culprit."""
+        values = None
+        if isinstance(row, np.ndarray):
+            if row.dtype.kind == "f":
+                values = self._checked(row)
+            row = row.tolist()
+        elif all(type(value) is float or type(value) is int for value in row):  # not bool: a subclass of int
+            with contextlib.suppress(OverflowError):  # an int beyond float64: checked one by one
+                values = self._checked(np.array(row, dtype=np.float64))
+        if values is not None:
+            return values
+        return np.array([self._value(i, value) for i, value in enumerate(row)], dtype=np.float32)
+
+    def _checked(self, row: np.ndarray) -> np.ndarray | None:
+        """The row as float32 if every value is valid, else None. At numpy speed, each check only where the schema has
+        columns of its type: a request is often one row, so each call on a tiny array counts (``np.isin`` on no
+        columns took ~20 us)."""
         if row.dtype == np.float32:
             values = row
         else:
             with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
                 values = row.astype(np.float32)
-        if self._valid(values):
-            return values
-        return np.array([self._value(i, value) for i, value in enumerate(row.tolist())], dtype=np.float32)
+        return values if self._valid(row, values) else None
 
-    def _valid(self, values: np.ndarray) -> bool:
+    def _valid(self, exact: np.ndarray, values: np.ndarray) -> bool:
+        """``values`` (float32) all finite, and ``exact`` (as sent) whole, 0/1 or a category index where the schema
+        says so: 2.0000001 is no whole number, though float32 makes it 2."""
         if not np.isfinite(values).all():
             return False
         if self._int_columns.size:
-            whole = values[self._int_columns]
+            whole = exact[self._int_columns]
             if not (whole == np.round(whole)).all():
                 return False
         if self._bool_columns.size:
-            flags = values[self._bool_columns]
+            flags = exact[self._bool_columns]
             if not ((flags == 0.0) | (flags == 1.0)).all():
                 return False
-        return all(values[i] in range(-1, len(c)) for i, c in self.categories.items())
+        return all(exact[i] in range(-1, len(c)) for i, c in self.categories.items())
 
     def _value(self, i: int, value: Any) -> float:
         name, kind = self.names[i], self.types[i]
@@ -160,7 +175,7 @@ class FeatureSchema:
         if isinstance(value, str):
             return float(categories.index(value)) if value in categories else -1.0
         number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-        if number and float(value).is_integer() and -1 <= value < len(categories):
+        if number and -1 <= value < len(categories) and float(value).is_integer():  # range first: 10**400 is no float
             return float(value)
         raise InvalidInput(f"feature {self.names[i]!r} takes one of its categories (a string) or an index from -1 "
                            f"to {len(categories) - 1}, got {_show(value)}")  # fmt: skip
