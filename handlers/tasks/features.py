@@ -122,17 +122,18 @@ class FeatureSchema:
         columns of its type: a request is often one row, so each call on a tiny array counts (``np.isin`` on no
         columns took ~20 us)."""
         if row.dtype == np.float32:
+            if not np.isfinite(row).all():
+                return None
             values = row
-        else:
-            with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused below
-                values = row.astype(np.float32)
-        return values if self._valid(row, values) else None
+        else:  # within float32's range (NaN fails the comparison too), so the cast cannot overflow
+            if not (np.abs(row) <= FLOAT32_MAX).all():
+                return None
+            values = row.astype(np.float32)
+        return values if self._valid(row) else None
 
-    def _valid(self, exact: np.ndarray, values: np.ndarray) -> bool:
-        """``values`` (float32) all finite, and ``exact`` (as sent) whole, 0/1 or a category index where the schema
-        says so: 2.0000001 is no whole number, though float32 makes it 2."""
-        if not np.isfinite(values).all():
-            return False
+    def _valid(self, exact: np.ndarray) -> bool:
+        """Whole numbers, 0/1 and category indices where the schema says so, checked on the values as sent:
+        2.0000001 is no whole number, though float32 makes it 2."""
         if self._int_columns.size:
             whole = exact[self._int_columns]
             if not (whole == np.round(whole)).all():
