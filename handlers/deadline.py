@@ -98,5 +98,5 @@ def counts(refusals: list[ServingError | None]) -> tuple[int, int]:
 def header(headers: dict[str, Any], name: str = DEADLINE_HEADER) -> Any:
     """A request header by name, whatever its case (TorchServe passes them as the client sent them)."""
     name = name.lower()
-    value = next((v for k, v in headers.items() if k.lower() == name), None)
+    value = headers[name] if name in headers else next((v for k, v in headers.items() if k.lower() == name), None)
     return value.decode() if isinstance(value, bytes) else value

@@ -59,11 +59,13 @@ class MaasHandler:
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
-        headers = [context.get_all_request_header(idx) for idx in range(len(data))]
+        # Names in lower case once per request: each is then looked up, not searched, whatever its case on the wire.
+        headers = [{k.lower(): v for k, v in context.get_all_request_header(idx).items()} for idx in range(len(data))]
+        explains = [asks_explanation(h) for h in headers]
         predicted = []  # the requests the pipeline ran (its timings are theirs)
 
         def run(keep: list[int]) -> list:  # explanations and predictions of one batch: each answered its way
-            explain = [i for i in keep if asks_explanation(headers[i])]
+            explain = [i for i in keep if explains[i]]
             explained = self.explain([data[i] for i in explain], [headers[i] for i in explain])
             answers = dict(zip(explain, explained, strict=True))
             predicted.extend(i for i in keep if i not in answers)
@@ -72,7 +74,7 @@ class MaasHandler:
                 answers.update(zip(predicted, self.pipeline.handle_json(bodies), strict=True))
             return [answers[i] for i in keep]
 
-        deadlines, explaining = [header(h) for h in headers], any(asks_explanation(h) for h in headers)
+        deadlines, explaining = [header(h) for h in headers], any(explains)
         answers, refusals = self.deadlines.run(deadlines, run, lambda refused: (refused.http_status,
                                                {"error": refused.to_json()}), timed=not explaining)  # fmt: skip
         responses = []
