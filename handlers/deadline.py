@@ -95,8 +95,12 @@ def counts(refusals: list[ServingError | None]) -> tuple[int, int]:
     return refusals.count(None), sum(isinstance(refused, DeadlineExceeded) for refused in refusals)
 
 
+def lower_names(headers: dict[str, Any]) -> dict[str, Any]:
+    """A request's headers with their names in lower case: TorchServe passes them as the client sent them."""
+    return {name.lower(): value for name, value in headers.items()}
+
+
 def header(headers: dict[str, Any], name: str = DEADLINE_HEADER) -> Any:
-    """A request header by name, whatever its case (TorchServe passes them as the client sent them)."""
-    name = name.lower()
-    value = headers[name] if name in headers else next((v for k, v in headers.items() if k.lower() == name), None)
+    """A request header by name, whatever its case, from ``lower_names``' headers."""
+    value = headers.get(name.lower())
     return value.decode() if isinstance(value, bytes) else value

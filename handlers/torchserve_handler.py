@@ -15,7 +15,7 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 
 from handlers.batched_counters import BatchedCounters
-from handlers.deadline import DeadlineGate, counts, header
+from handlers.deadline import DeadlineGate, counts, header, lower_names
 from handlers.errors import as_serving_error
 from handlers.explain import EXPLAIN_HEADERS, is_true, load_explainer
 from handlers.log_limit import rate_limited
@@ -59,8 +59,7 @@ class MaasHandler:
         log.info("loaded %s (%s) on %s", self.pipeline.manifest.name, self.pipeline.manifest.task, device)
 
     def handle(self, data: list[dict], context) -> list[str]:
-        # Names in lower case once per request: each is then looked up, not searched, whatever its case on the wire.
-        headers = [{k.lower(): v for k, v in context.get_all_request_header(idx).items()} for idx in range(len(data))]
+        headers = [lower_names(context.get_all_request_header(idx)) for idx in range(len(data))]
         explains = [asks_explanation(h) for h in headers]
         predicted = []  # the requests the pipeline ran (its timings are theirs)
 
