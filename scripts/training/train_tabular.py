@@ -156,7 +156,10 @@ def _train(table: Table, out: Path, model: str, epochs: int, seed: int) -> Manif
     save_file(network.state_dict(), str(out / "model.safetensors"))
     targets = [table.labels[int(y)] for y in y_test] if classification else [float(y) for y in y_test]
     write_held_out(out, client_rows(schema, x_test), targets)
-    serving = {"max_batch_size": 32, "max_rows_per_request": 32}
+    # One intra-op thread: a forward pass of ~1 us a row gains nothing from a second, which only wakes on the core
+    # the server's front end needs (breast_cancer, 4 interleaved rounds: TorchServe +8% at c=1 and 16, Triton +-2%;
+    # reports/ab/breast_cancer-vs-threads_1.md).
+    serving = {"max_batch_size": 32, "max_rows_per_request": 32, "threads": 1}
     manifest = Manifest(
         name=table.name,
         task=f"tabular_{table.task}",
