@@ -109,13 +109,13 @@ class FeatureSchema:
         if isinstance(row, np.ndarray):
             if row.dtype.kind == "f":
                 values = self._checked(row)
-            row = row.tolist()
         elif all(type(value) is float or type(value) is int for value in row):  # not bool: a subclass of int
             with contextlib.suppress(OverflowError):  # an int beyond float64: checked one by one
                 values = self._checked(np.array(row, dtype=np.float64))
         if values is not None:
             return values
-        return np.array([self._value(i, value) for i, value in enumerate(row)], dtype=np.float32)
+        items = row.tolist() if isinstance(row, np.ndarray) else row
+        return np.array([self._value(i, value) for i, value in enumerate(items)], dtype=np.float32)
 
     def _checked(self, row: np.ndarray) -> np.ndarray | None:
         """The row as float32 if every value is valid, else None. At numpy speed, each check only where the schema has
