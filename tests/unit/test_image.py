@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,49 @@ def test_triton_inputs_image_or_pixels(pipeline, held_out_digits):
     assert by_image["PROBABILITIES"].shape == (2, 10) and by_image["LABEL"].shape == (2, 1)
     np.testing.assert_array_equal(by_image["LABEL"], by_pixels["LABEL"])
     assert both.http_status == 400 and "exactly one of" in both.message
+
+
+def reference_pixels(data: bytes, channels: int, size: tuple[int, int], resize: str, invert: bool) -> np.ndarray:
+    """Pillow's plain chain, every step taken: convert, resize (shorter side first, then centre crop), 0..1."""
+    mode, (height, width) = ("L" if channels == 1 else "RGB"), size
+    image = Image.open(io.BytesIO(data))
+    target = (width, height)
+    if resize == "shorter_side":
+        shorter = max(height, width)
+        w, h = image.size
+        target = (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)
+    image.draft(mode, target)
+    image = image.convert(mode).resize(target, Image.Resampling.BOX)
+    if resize == "shorter_side":
+        left, top = round((image.width - width) / 2), round((image.height - height) / 2)
+        image = image.crop((left, top, left + width, top + height))
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    pixels = (pixels if channels == 1 else pixels.transpose(2, 0, 1)).reshape(channels, height, width)
+    return 1.0 - pixels if invert else pixels
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("resize", ["plain", "shorter_side"])
+def test_decoding_skips_no_step_that_changes_the_pixels(channels, resize):
+    """The decoder leaves out a conversion or a resize only where it would change nothing: for images already in
+    the model's mode or size and for every other mode and size, its pixels are exactly Pillow's plain chain's."""
+    from handlers.artifact import Manifest
+    from handlers.tasks.image import ImageClassifier
+
+    size = (6, 8)  # height, width
+    preprocess = {"channels": channels, "height": size[0], "width": size[1], "resize": resize, "invert": True}
+    decoder = ImageClassifier(Manifest("t", "image_classification", {}, ["a"], preprocess), Path("."))
+    mean, std = np.full((channels, 1, 1), 0.5, np.float32), np.full((channels, 1, 1), 0.25, np.float32)
+    normalising = ImageClassifier(Manifest("t", "image_classification", {}, ["a"], {
+        **preprocess, "mean": [0.5] * channels, "std": [0.25] * channels}), Path("."))  # fmt: skip
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), "RGB")
+    images = [rgb.convert(mode) for mode in ("L", "RGB", "RGBA", "LA", "P", "1", "I;16")]
+    images += [img.resize(s) for img in images[:2] for s in [(8, 6), (6, 8), (8, 10), (10, 6), (16, 12), (7, 5)]]
+    encoded = [encode(img, "PNG") for img in images] + [encode(rgb, "JPEG"), encode(rgb.resize((256, 200)), "JPEG")]
+    for data in encoded:
+        expected = reference_pixels(data, channels, size, resize, invert=True)
+        got = decoder.preprocess(data)  # mean 0, std 1: the decoded pixels themselves
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.array_equal(got, expected), Image.open(io.BytesIO(data)).mode
+        assert np.array_equal(normalising.preprocess(data), (expected - mean) / std)
