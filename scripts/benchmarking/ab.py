@@ -1,6 +1,6 @@
 """An interleaved A/B of two serving settings: both builds served at once, measured in alternating short points.
 
-    maas bench ab --model sentiment --a call_cost_tokens=1e9 [--b KEY=VALUE ...] [--concurrency 1,16]
+    maas bench ab --model sentiment [--format eager] --a call_cost_tokens=1e9 [--b KEY=VALUE ...] [--concurrency 1,16]
                   [--rounds 5] [--duration 4] [--series torchserve_rest,triton_http] [--out reports/ab]
 
 On a shared machine two runs minutes apart can differ 2x, so comparing two benchmark runs says little. Here the
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from handlers.formats import FORMATS
 from scripts import REPO_ROOT
 from scripts.benchmarking.bench_servers import SERIES_BY_KEY, Servers, add_client_argument, build_for_both, interrupt
 from scripts.benchmarking.workloads import model_under_test
@@ -37,7 +38,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="maas-ab-") as tmp:
         root = Path(tmp)
         for variant, overrides in variants.items():
-            build_for_both(model.artifact, root, overrides, name=f"{model.name}_{variant}")
+            build_for_both(model.artifact, root, overrides, name=f"{model.name}_{variant}", fmt=args.format)
         servers = Servers(root)
         try:
             servers.start()
@@ -58,7 +59,8 @@ def run(args) -> dict:
                                   f"errors {point['errors']}", flush=True)  # fmt: skip
         finally:
             servers.stop()
-    return {"model": model.name, "a": variants["a"], "b": variants["b"], "points": rounds,
+    name = f"{model.name}.{args.format}" if args.format else model.name
+    return {"model": name, "a": variants["a"], "b": variants["b"], "points": rounds,
             "summary": summarize(rounds)}  # fmt: skip
 
 
@@ -101,6 +103,8 @@ def report(result: dict, command: str) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sentiment")
+    parser.add_argument("--format", choices=FORMATS, help="serve this format of the artifact, as maas build --format "
+                        "(default: the task's own, as maas build serves it)")  # fmt: skip
     parser.add_argument("--a", action="append", default=[], metavar="[SERVER.]KEY=VALUE", help="A's serving settings")
     parser.add_argument("--b", action="append", default=[], metavar="[SERVER.]KEY=VALUE", help="B's serving settings")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
