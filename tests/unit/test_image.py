@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from handlers.artifact import Manifest
 from handlers.tasks import load_pipeline
+from handlers.tasks.image import ImageClassifier
 from scripts.serving.samples import digit_png
 
 
@@ -118,9 +120,6 @@ def reference_pixels(data: bytes, channels: int, size: tuple[int, int], resize: 
 def test_decoding_skips_no_step_that_changes_the_pixels(channels, resize):
     """The decoder leaves out a conversion or a resize only where it would change nothing: for images already in
     the model's mode or size and for every other mode and size, its pixels are exactly Pillow's plain chain's."""
-    from handlers.artifact import Manifest
-    from handlers.tasks.image import ImageClassifier
-
     size = (6, 8)  # height, width
     preprocess = {"channels": channels, "height": size[0], "width": size[1], "resize": resize, "invert": True}
     decoder = ImageClassifier(Manifest("t", "image_classification", {}, ["a"], preprocess), Path("."))
