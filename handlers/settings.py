@@ -50,6 +50,9 @@ class ServingSettings:
     # most for a full batch: the baseline `maas bench generate` measures continuous batching against. Not for
     # production.
     static_batching: int = 0
+    # Language models: 1 gives the engine's intra-op threads cores of their own, the last ones, and moves every
+    # other thread of its process to the rest (handlers/generation/cores.py); 0 leaves them all to the scheduler.
+    bind_cores: int = 1
     # Explanations (handlers/explain): Integrated Gradients' steps by default and at most (a request asking for
     # more is refused, 400), and the points of the path run in one forward pass (bounds memory and latency).
     explain_steps: int = 32
@@ -75,7 +78,7 @@ class ServingSettings:
         if self.explain_steps > self.explain_max_steps:
             raise ValueError(f"serving.explain_steps ({self.explain_steps}) is above serving.explain_max_steps "
                              f"({self.explain_max_steps})")  # fmt: skip
-        for name in ("onnx_spinning", "static_batching"):
+        for name in ("onnx_spinning", "static_batching", "bind_cores"):
             if getattr(self, name) > 1:
                 raise ValueError(f"serving.{name} must be 0 or 1, not {getattr(self, name)!r}")
         if self.threshold > 1:

@@ -130,7 +130,8 @@ class GenerationHandler:
         self.card = ModelCard(context.model_name, engine.tokenizer, engine.max_context, self.service.max_tokens_limit)
         self.version = served_version(context)
         self.loop = EngineLoop(engine, name=f"engine-{context.model_name}", on_step=self.after_step,
-                               pace=lambda: self.mailbox.wait_room(STEPS_AHEAD))  # fmt: skip
+                               pace=lambda: self.mailbox.wait_room(STEPS_AHEAD),
+                               bind_cores=bool(self.service.manifest.serving.bind_cores))  # fmt: skip
         log.info("loaded language model %s on %s", self.service.name, device)
 
     def handle(self, data: list[dict], context) -> list[str]:

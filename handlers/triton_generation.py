@@ -52,8 +52,9 @@ class TritonPythonModel:
         published = TritonMetrics(args["model_name"], str(args["model_version"]))
         self.publisher = Publisher(published.publish, name=f"metrics-{args['model_name']}",
                                    interval_s=self.service.manifest.serving.metrics_interval_s)  # fmt: skip
+        bind = bool(self.service.manifest.serving.bind_cores)
         self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics,
-                               deliver_apart=True)  # fmt: skip
+                               deliver_apart=True, bind_cores=bind)  # fmt: skip
         self.ids = itertools.count()
         log.info("loaded language model %s", self.service.name)
 

@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import torch
+
+from handlers.generation import cores
 from handlers.generation.engine import GENERIC_ERROR, Engine
 from handlers.generation.mailbox import Mailbox
 from handlers.generation.sampling import SamplingParams
@@ -44,10 +47,12 @@ class EngineLoop:
 
     def __init__(self, engine: Engine, name: str = "generation-engine",
                  on_step: Callable[[list[Event]], None] | None = None, deliver_apart: bool = False,
-                 pace: Callable[[], None] | None = None):  # fmt: skip
+                 pace: Callable[[], None] | None = None, bind_cores: bool = False):  # fmt: skip
         """``on_step`` sees every step's events on the engine thread (metrics); it must not raise. ``deliver_apart``:
         call ``on_event`` and ``is_cancelled`` on a delivery thread of their own (see the module's notes). ``pace`` is
-        called on the engine thread before each step and may block to hold the engine back (``Mailbox.wait_room``)."""
+        called on the engine thread before each step and may block to hold the engine back (``Mailbox.wait_room``).
+        ``bind_cores``: the engine's threads get cores of their own, and every other thread of this process, now
+        and later, the rest (``cores.py``; a server's process, not a shared one such as a test's)."""
         self.engine = engine
         self._on_step, self._pace = on_step, pace
         self._cond = threading.Condition()
@@ -56,6 +61,7 @@ class EngineLoop:
         self._cancels: list[str] = []
         self._stopping = False
         self._mailbox = Mailbox() if deliver_apart else None
+        self._engine_cores = cores.reserve(torch.get_num_threads()) if bind_cores else None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._delivery = None
@@ -127,6 +133,8 @@ class EngineLoop:
     # --- the engine thread -------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._engine_cores:
+            cores.bind_current_thread(self._engine_cores)
         while True:
             with self._cond:
                 while not (self._inbox or self._cancels or self._stopping or self.engine.has_work):

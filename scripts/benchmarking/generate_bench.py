@@ -29,13 +29,15 @@ import resource
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from handlers.artifact import HELD_OUT_NAME, read_manifest
+from handlers.generation import cores
 from handlers.generation.engine import Engine
-from handlers.generation.service import TASK, load_engine
+from handlers.generation.service import TASK, engine_threads, load_engine
 from scripts import REPO_ROOT
 from scripts.benchmarking.generate_load import (
     SERVED_BASELINES,
@@ -122,11 +124,28 @@ def run_server(kind: str, artifact: Path, name: str, levels: dict, workload: lis
                 url, headers = f"http://127.0.0.1:{ports.http}/v2/models/{name}/generate_stream", {}
             print(f"{mode or kind} ready on {url}", flush=True)
             measure_level = served_levels(kind, url, headers, timeout)
-            warm_up(measure_level, workload, 300)
-            return run_levels(mode or kind, levels, workload, measure_level, pids=[instance.process.pid])
+            with client_off_engine_cores(read_manifest(artifact).serving.for_server(kind, serving)):
+                warm_up(measure_level, workload, 300)
+                return run_levels(mode or kind, levels, workload, measure_level, pids=[instance.process.pid])
         finally:
             if instance is not None:
                 stop_process(instance.process, group=kind == "torchserve")
+
+
+@contextmanager
+def client_off_engine_cores(settings):
+    """The load generator (this process) on the cores a served engine leaves to its server's other threads
+    (``serving.bind_cores``), as a client elsewhere would be: on a shared machine it would otherwise take the
+    engine's core as often as the front end's."""
+    split = cores.plan(settings.threads or engine_threads()) if settings.bind_cores else None
+    before = os.sched_getaffinity(0) if split else None
+    if split:
+        cores.move_process_threads(split[1])
+    try:
+        yield
+    finally:
+        if before:
+            cores.move_process_threads(before)
 
 
 def held_out_text(artifact: Path) -> tuple[list[str], str]:

@@ -43,6 +43,7 @@ def test_server_sections_and_overrides_apply_in_order():
         ({"threshold": 1.5}, "serving.threshold must be between 0 and 1"),
         ({"onnx_spinning": 2}, "serving.onnx_spinning must be 0 or 1, not 2"),
         ({"static_batching": 3}, "serving.static_batching must be 0 or 1, not 3"),
+        ({"bind_cores": 2}, "serving.bind_cores must be 0 or 1, not 2"),
         ({"max_batch_delay_ms": -1}, "serving.max_batch_delay_ms must be at least 0"),
         ({"torchserve": {"response_timeout_s": 0}}, "serving.response_timeout_s must be at least 1"),
         ({"torchserve": 3}, "serving.torchserve must be an object"),
