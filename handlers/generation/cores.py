@@ -1,12 +1,13 @@
 """Cores of its own for a served engine: its intra-op threads on the last cores this process may use, every other
 thread of the process (the server's request threads, the delivery of answers, metrics) on the first ones.
 
-Why (``serving.bind_cores``, docs/generative.md): on 2 cores a served engine steps on one core while the server's
-front end, the delivery of its chunks and the clients take the other, and the scheduler kept moving those threads
-onto the engine's core: the engine thread waited for a core 9-18% of the time. With its core to itself (and the
-benchmark's client off it) it served 8-24% more tokens/s on Triton (5 of 5 interleaved rounds) and 5% more at the
-median on TorchServe (3 of 5). As vLLM's CPU backend binds its OpenMP threads and leaves a core to its front end.
-Only threads are bound, never other processes: the server's front end may still use any core.
+Why (``serving.bind_cores``, reports/ab/generate-bind-cores.md): on 2 cores a served engine steps on one core while
+the server's front end, the delivery of its chunks and the clients take the other, and the scheduler kept moving
+those threads onto the engine's core: the engine thread waited for a core 9-18% of the time. Bound (and the
+benchmark's client kept off its core), Triton served 1.10x the tokens/s at the median (7 of 8 interleaved rounds);
+TorchServe, whose Java front end still lands on the engine's core, 1.01x. As vLLM's CPU backend binds its OpenMP
+threads and leaves a core to its front end. Only this process's threads are bound, never other processes: the
+server's front end and other models may still use any core.
 """
 
 from __future__ import annotations

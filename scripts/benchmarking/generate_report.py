@@ -95,6 +95,9 @@ def render_markdown(result: dict) -> str:
                    f"({'under' if max(client) < CLIENT_LIMIT else '**above**'} {CLIENT_LIMIT:.0f}%: "
                    f"{'it kept up' if max(client) < CLIENT_LIMIT else 'it may have limited the server'}). "
                    if client else "")  # fmt: skip
+    client_line += ("While a server is measured, the load generator runs on the cores its engine leaves to the "
+                    "server's other threads, where it binds them (`serving.bind_cores`), as a client elsewhere "
+                    "would. ")  # fmt: skip
     return "\n".join([
         "# Generation benchmark: continuous batching served vs in process, naive and static batching", "",
         f"`{meta['command']}` - {meta['date']}, {meta['wall_s']} s wall. {meta['machine']}, {meta['cores']} cores, "
@@ -112,7 +115,7 @@ def render_markdown(result: dict) -> str:
         f"{client_line}in-process runs the served engine with no server in between, on every core (as do naive "
         "and static): it bounds what a server can do. in-process-served is the same engine at the servers' default "
         f"of {meta.get('served_threads', '?')} intra-op thread(s) (every core but one, which the server's front end "
-        "needs): not a target, it shows what that setting costs without a server.",
+        "needs), its thread not bound: not a target, it shows what that setting costs without a server.",
         *[f"**{kind} failed**: {why}" for kind, why in result.get("server_failures", {}).items()],
         "", "## Targets", "", targets_table(result["targets"]), "", "## Every mode and level", "",
         levels_table(modes), "", "![tokens/s and TTFT against concurrency](generate.png)", "",

@@ -8,13 +8,16 @@ shared with other requests cannot change them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 
@@ -270,3 +273,29 @@ def test_the_deep_health_probe_asks_each_language_model_for_a_token(torchserve, 
     assert len(language_models) == 2 * len(KINDS), results
     assert all(r.ok for r in language_models), language_models
     assert {r.detail for r in language_models} == {"HTTP 200, version 1", "generate: HTTP 200"}
+
+
+def thread_cores(process) -> list[set[int]]:
+    """The cores each thread of ``process`` may run on (a thread that ended meanwhile is left out)."""
+    cores = []
+    for thread in process.threads():
+        with contextlib.suppress(OSError):
+            cores.append(os.sched_getaffinity(thread.id))
+    return cores
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="one core")
+def test_each_language_model_engine_has_cores_of_its_own_and_the_servers_stay_unbound(torchserve, triton):
+    """``serving.bind_cores`` on the real servers: in each language model's process (a TorchServe worker, a Triton
+    stub) the engine's threads have every core but the first and all its other threads the first; the servers' own
+    processes and the classifiers' keep every core."""
+    allowed = os.sched_getaffinity(0)
+    others = {min(allowed)}
+    for server in (torchserve, triton):
+        root = psutil.Process(server.process.pid)
+        bound = [cores for cores in map(thread_cores, [root, *root.children(recursive=True)])
+                 if any(c != allowed for c in cores)]  # fmt: skip
+        assert len(bound) == len(KINDS), f"{len(bound)} bound processes under {root.name()}"
+        for cores in bound:
+            engine = [c for c in cores if c != others]
+            assert engine and all(c == allowed - others for c in engine), cores
