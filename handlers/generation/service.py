@@ -58,13 +58,18 @@ def engine_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+def intra_op_threads(serving) -> int:
+    """The intra-op threads a language model's steps run on with these serving settings."""
+    return serving.threads or engine_threads()
+
+
 def load_engine(artifact_dir: Path, manifest: Manifest, device: str = "cpu") -> Engine:
     import torch  # imported here: a classifier's server never pays for transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load would clutter the server logs
-    torch.set_num_threads(manifest.serving.threads or engine_threads())
+    torch.set_num_threads(intra_op_threads(manifest.serving))
     model_dir = Path(artifact_dir) / manifest.model["dir"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -37,7 +37,7 @@ import torch
 from handlers.artifact import HELD_OUT_NAME, read_manifest
 from handlers.generation import cores
 from handlers.generation.engine import Engine
-from handlers.generation.service import TASK, engine_threads, load_engine
+from handlers.generation.service import TASK, intra_op_threads, load_engine
 from scripts import REPO_ROOT
 from scripts.benchmarking.generate_load import (
     SERVED_BASELINES,
@@ -137,7 +137,7 @@ def client_off_engine_cores(settings):
     """The load generator (this process) on the cores a served engine leaves to its server's other threads
     (``serving.bind_cores``), as a client elsewhere would be: on a shared machine it would otherwise take the
     engine's core as often as the front end's."""
-    split = cores.plan(settings.threads or engine_threads()) if settings.bind_cores else None
+    split = cores.plan(intra_op_threads(settings)) if settings.bind_cores else None
     before = os.sched_getaffinity(0) if split else None
     if split:
         cores.move_process_threads(split[1])

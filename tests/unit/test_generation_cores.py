@@ -46,7 +46,10 @@ earlier.start()
 loop = EngineLoop(Idle(), deliver_apart=True, bind_cores=sys.argv[1] == "1")
 later = threading.Thread(target=threading.Event().wait, daemon=True)  # started after it, from the same thread
 later.start()
-time.sleep(0.3)  # the engine thread binds itself as it starts
+deadline = time.monotonic() + 30  # the engine thread binds itself as it starts
+while loop._engine_cores and os.sched_getaffinity(loop._thread.native_id) != loop._engine_cores:
+    assert time.monotonic() < deadline, "the engine thread never bound itself"
+    time.sleep(0.01)
 cores = {name: sorted(os.sched_getaffinity(t.native_id)) for name, t in
          [("main", threading.main_thread()), ("earlier", earlier), ("later", later), ("engine", loop._thread),
           ("delivery", loop._delivery)]}
