@@ -20,6 +20,7 @@ from kserve import constants
 
 from scripts.deploy.kserve_layout import MOUNT, OPENAI_FRONTEND, TORCHSERVE_METRICS_PORT
 from scripts.deploy.kserve_schema import QUANTITY, ManifestError, quantity
+from scripts.serving.worker_env import TORCHSERVE_WORKER_ENV
 
 TORCHSERVE_RUNTIME, TRITON_RUNTIME, OPENAI_RUNTIME = "maas-torchserve", "maas-tritonserver", "maas-triton-openai"
 LM_FORMAT = kserve.V1alpha1SupportedModelFormat(name="maas-lm", version="1", auto_select=False)  # LMs' format only
@@ -95,10 +96,11 @@ def torchserve_runtime(runtimes: Runtimes):
     # KServe's wrapper speaks v1 unless PROTOCOL_VERSION says otherwise. KServe sets it only for runtimes it knows
     # as TorchServe (by name before 0.17, by annotation since) and is removing that (kserve #5638): we set it.
     protocol = k8s.V1EnvVar(name="PROTOCOL_VERSION", value="v2")
+    env = [protocol, *(k8s.V1EnvVar(name=name, value=value) for name, value in TORCHSERVE_WORKER_ENV.items())]
     return serving_runtime(
         TORCHSERVE_RUNTIME,
         kserve.V1alpha1SupportedModelFormat(name="pytorch", version="1", auto_select=False),
-        [k8s.V1Container(name="kserve-container", image=runtimes.torchserve_image, args=args, env=[protocol])],
+        [k8s.V1Container(name="kserve-container", image=runtimes.torchserve_image, args=args, env=env)],
         ["v2"],
         TORCHSERVE_METRICS_PORT,
         runtimes.run_as_user,

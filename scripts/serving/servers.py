@@ -34,6 +34,7 @@ from scripts.serving.keys import TRITON_KEY_FILE, bearer, read_inference_key
 from scripts.serving.openai_process import OPENAI_KEY_FILE, OPENAI_PID_FILE, read_openai_key, start_openai_frontend
 from scripts.serving.processes import RUN_DIR, TRITON_PID_FILE, alive, free_ports, stop_process, wait_ready
 from scripts.serving.triton_server import TritonPorts, start_triton
+from scripts.serving.worker_env import torchserve_env
 
 LOG_DIR = REPO_ROOT / "logs"
 LOG4J_CONFIG = REPO_ROOT / "log4j2.xml"  # TorchServe's logging: no line per request, files capped and rolled
@@ -67,11 +68,12 @@ def torchserve_properties(overrides: dict[str, str], base: Path = REPO_ROOT / "c
 
 
 def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str] | None = None,
-                     timeout: float = 120) -> TorchServeInstance:  # fmt: skip
+                     timeout: float = 120, worker_env: bool = True) -> TorchServeInstance:  # fmt: skip
     """A private TorchServe on free loopback ports, run in the foreground from ``workdir``.
 
     ``workdir`` receives key_file.json, logs/ and the pid file (TMPDIR), so it never meets another instance.
-    PYTHONPATH is dropped: the workers import this project's code from the archive only.
+    PYTHONPATH is dropped: the workers import this project's code from the archive only. ``worker_env`` False leaves
+    out the workers' OpenMP setting (``worker_env.py``): a stock TorchServe, for the peers' benchmark.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     names = ("inference", "management", "metrics", "grpc", "grpc_management")
@@ -88,6 +90,7 @@ def start_torchserve(model_store: Path, workdir: Path, overrides: dict[str, str]
     config.write_text(torchserve_properties(properties))
     (workdir / "tmp").mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "TEMP": str(workdir / "tmp")}
+    env = torchserve_env(env) if worker_env else env
     env.pop("PYTHONPATH", None)  # workers must find our code in the archive, nowhere else
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # workers use this Python
     command = [
@@ -125,7 +128,8 @@ def start_torchserve_cli() -> None:
                "config.properties", "--log-config", str(LOG4J_CONFIG)]  # fmt: skip
     (REPO_ROOT / "key_file.json").unlink(missing_ok=True)  # a stale key would only delay the readiness probe
     # Its console output duplicates logs/ (rotated by log4j) and can grow without bound: drop it.
-    subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                   env=torchserve_env(os.environ))  # fmt: skip
     wait_ready("http://127.0.0.1:8080/ping", None, 120, LOG_DIR / "ts_log.log",
                headers=lambda: bearer(read_inference_key(REPO_ROOT)))  # fmt: skip
     print(f"TorchServe ready in {time.perf_counter() - started:.1f}s; REST 127.0.0.1:8080, "

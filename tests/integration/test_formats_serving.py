@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_grpc_aio
@@ -16,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from handlers.tasks import load_pipeline
 from scripts.serving.keys import bearer
 from scripts.serving.samples import digit_png, triton_bytes_input
+from scripts.serving.worker_env import torchserve_env
 from tests.integration.conftest import SERVED_ENSEMBLES, SERVED_EXPORTS
 
 pytestmark = pytest.mark.models(
@@ -110,6 +113,21 @@ def test_both_servers_log_the_self_check_at_load(torchserve, triton, built_model
         lines = wait_for_lines(path, "(onnx_int8) self-check")  # TorchServe answers /ping before workers load
         assert any("sentiment (onnx_int8) self-check on 8 held-out rows" in line for line in lines), server
         assert all("passed" in line and "tolerance 0.3" in line for line in lines), (server, lines)
+
+
+def test_torchserve_workers_spin_briefly_and_triton_stubs_keep_the_default(torchserve, triton, built_models):
+    """The env of ``scripts/serving/worker_env.py`` reaches TorchServe's Python workers through its Java front end
+    (libgomp reads it when torch loads there); Triton's stubs get the environment it was started with."""
+    built_models.require("sentiment_onnx_int8")
+    wait_for_lines(torchserve.workdir / "logs" / "model_log.log", "(onnx_int8) self-check")  # its worker is up
+    expected = {"torchserve": torchserve_env(os.environ).get("GOMP_SPINCOUNT"),
+                "triton": os.environ.get("GOMP_SPINCOUNT")}  # fmt: skip
+    for server, marker in ((torchserve, "model_service_worker"), (triton, "triton_python_backend_stub")):
+        tree = psutil.Process(server.process.pid).children(recursive=True)
+        workers = [p for p in tree if any(marker in part for part in p.cmdline())]
+        kind = "torchserve" if server is torchserve else "triton"
+        assert workers, f"no {marker} process under {kind}"
+        assert {p.environ().get("GOMP_SPINCOUNT") for p in workers} == {expected[kind]}, kind
 
 
 def wait_for_lines(path, text: str, timeout: float = 120) -> list[str]:

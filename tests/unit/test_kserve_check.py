@@ -138,10 +138,12 @@ def test_storage_uris_end_in_a_slash(written):
 
 
 def test_the_torchserve_runtime_sets_its_protocol_and_no_runtime_sets_pythonpath(written):
-    """Item 5 (and PYTHONPATH, refused by KServe >= 0.18): no reliance on KServe's TorchServe defaulting."""
+    """Item 5 (and PYTHONPATH, refused by KServe >= 0.18): no reliance on KServe's TorchServe defaulting. TorchServe's
+    workers get the OpenMP spin of ``maas serve start``'s (scripts/serving/worker_env.py); Triton keeps its own."""
     out, _ = written
     torchserve, triton = (read(out / "standard", f"servingruntime-{s}") for s in ("torchserve", "triton"))
-    assert torchserve["spec"]["containers"][0]["env"] == [{"name": "PROTOCOL_VERSION", "value": "v2"}]
+    env = [{"name": "PROTOCOL_VERSION", "value": "v2"}, {"name": "GOMP_SPINCOUNT", "value": "10000"}]
+    assert torchserve["spec"]["containers"][0]["env"] == env
     assert "annotations" not in torchserve["metadata"]  # no serving.kserve.io/server-type
     assert [e["name"] for e in triton["spec"]["containers"][0]["env"]] == ["MAAS_TRITON_KEY"]
     assert triton["spec"]["containers"][0]["workingDir"] == "/opt/maas"  # python -m finds the supervisor there

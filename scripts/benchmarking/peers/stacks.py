@@ -125,7 +125,7 @@ def start_torchserve_handler(artifact: Path, workdir: Path) -> Running:
                     "--version", "1.0", "--handler", str(APPS / "torchserve_app.py"), "--extra-files",
                     ",".join(map(str, extra)), "--config-file", str(config), "--export-path", str(store),
                     "--force"], check=True)  # fmt: skip
-    server = start_torchserve(store, workdir / "torchserve", {"load_models": "model.mar"})
+    server = start_torchserve(store, workdir / "torchserve", {"load_models": "model.mar"}, worker_env=False)
     headers = {**bearer(server.inference_key), "Content-Type": "application/json"}
     return Running(f"{server.inference_url}/predictions/model", server.process, headers)
 
