@@ -52,7 +52,10 @@ def environment(variables: dict[str, str]):
         yield
     finally:
         for key, value in before.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
 
 
 def run(args) -> dict:
