@@ -7,7 +7,8 @@ With 10,000 the threads still catch the next operator of a forward pass and slee
 eager BERT-style text model (two intra-op threads, 2 cores; docs/settings.md): TorchServe 1.07x requests/s at
 concurrency 1 and 1.12x at 16. Triton keeps libgomp's default: its stub gets the next batch at once, and there the
 long spin wins (10,000 gave 0.91x at 16). ``OMP_WAIT_POLICY=PASSIVE`` (no spin at all) gained as much on
-TorchServe at 16 but nothing at 1, and lost ~18% on Triton.
+TorchServe at 16 but nothing at 1, and lost ~18% on Triton. The price: a tiny model's single requests (digits as
+TorchScript, a 0.4 ms pass) lost 8% at concurrency 1 on TorchServe, their threads waking for each one.
 
 libgomp reads it when torch loads, before any handler runs, so it must be in the server's environment: ``maas serve
 start``, the tests, the benchmarks and the KServe runtime set it. A user's own ``GOMP_SPINCOUNT`` or
