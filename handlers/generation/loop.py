@@ -11,7 +11,8 @@ Where ``on_event`` and ``is_cancelled`` run: by default on the engine thread, af
 be quick: put into a queue). With ``deliver_apart=True`` a delivery thread of its own calls them, so that slow ones
 (Triton's response senders are a round trip to the server process each) never hold a step up: each step's events
 wait in a ``Mailbox``, merged per request while the delivery thread is busy, and ``is_cancelled`` is asked every
-``CANCEL_POLL_S`` at most.
+``CANCEL_POLL_S`` at most while any request is in the engine; with none, the delivery thread sleeps until one comes
+(an idle model must not wake 200 times a second on the cores its server's other models share).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ class EngineLoop:
             self._subscribers[request_id] = _Subscriber(on_event, is_cancelled)
             self._inbox.append((request_id, ids, params))
             self._cond.notify()
+        if self._mailbox is not None:  # the delivery thread may sleep with nothing to poll: it polls this one now
+            self._mailbox.wake()
 
     def admit(self, count: int = 1) -> None:
         """``Overloaded`` (429) if ``count`` more requests would wait too long for a slot."""
@@ -197,7 +200,9 @@ class EngineLoop:
     def _run_delivery(self) -> None:
         polled = 0.0
         while True:
-            events = self._mailbox.take(timeout=CANCEL_POLL_S)
+            with self._cond:
+                polling = bool(self._subscribers)
+            events = self._mailbox.take(timeout=CANCEL_POLL_S if polling else None)
             for event in events:
                 self._deliver(event)
             if time.monotonic() - polled >= CANCEL_POLL_S:

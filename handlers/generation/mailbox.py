@@ -34,6 +34,7 @@ class Mailbox:
         self._cond = threading.Condition()
         self._waiting: dict[str, list[Event]] = {}  # insertion order: the order requests first had news
         self._closed = False
+        self._woken = False  # ``wake`` was called since the last take
         self._steps = 0  # steps whose events were put and not taken yet
 
     def put(self, event: Event) -> None:
@@ -60,11 +61,17 @@ class Mailbox:
         """Everything waiting, oldest request first; waits up to ``timeout`` for something (``[]`` if nothing came,
         or once closed)."""
         with self._cond:
-            if not self._waiting and not self._closed:
+            if not self._waiting and not self._closed and not self._woken:
                 self._cond.wait(timeout)
-            waiting, self._waiting, self._steps = self._waiting, {}, 0
+            waiting, self._waiting, self._steps, self._woken = self._waiting, {}, 0, False
             self._cond.notify_all()  # the engine thread may wait for room
         return [event for events in waiting.values() for event in events]
+
+    def wake(self) -> None:
+        """End the current (or the next) ``take``'s wait, with nothing if nothing came."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Wake a waiting ``take``; later takes do not wait."""

@@ -55,6 +55,18 @@ def test_take_waits_for_news_and_close_wakes_it():
     assert box.closed and box.take(timeout=5) == []  # closed: no more waiting
 
 
+def test_wake_ends_a_take_with_nothing_even_when_it_comes_first():
+    box = Mailbox()
+    box.wake()  # before the take: that take does not wait
+    started = time.monotonic()
+    assert box.take(timeout=5) == [] and time.monotonic() - started < 1
+    threading.Timer(0.05, box.wake).start()
+    started = time.monotonic()
+    assert box.take(timeout=5) == [] and time.monotonic() - started < 4
+    threading.Timer(0.05, box.put, [event("a", "x", [1])]).start()  # a wake is used once
+    assert [e.text for e in box.take(timeout=5)] == ["x"]
+
+
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory) -> Engine:
     torch.set_num_threads(1)  # tiny models gain nothing from more (the module's threads are restored after it)
@@ -137,3 +149,27 @@ def test_a_publisher_with_an_interval_combines_the_steps_between_its_calls_and_l
     assert all(later - earlier >= 0.19 for (earlier, _), (later, _) in itertools.pairwise(calls))
     assert sum(len(step.inter_token_latency) for _, step in calls) == 30  # every observation kept
     assert sum(step.finished.get("length", 0) for _, step in calls) == 1
+
+
+def test_an_idle_delivery_thread_sleeps_and_still_polls_the_next_request_s_cancellation(gpt2):
+    loop = EngineLoop(gpt2, deliver_apart=True)
+    takes, take = [], loop._mailbox.take
+    loop._mailbox.take = lambda timeout=None: takes.append(timeout) or take(timeout)
+    try:
+        time.sleep(0.3)  # nothing in flight: no poll every few ms (an idle model would wake ~60 times here)
+        assert len(takes) <= 1 and None in takes[-1:] + [None]  # at most one take, waiting without a timeout
+        events, asked = [], threading.Event()
+
+        def is_cancelled() -> bool:
+            asked.set()
+            return True  # its client is gone at once
+
+        loop.submit("r", "the", SamplingParams(max_tokens=200, ignore_eos=True), events.append, is_cancelled)
+        assert asked.wait(5), "the new request's cancellation was never asked"
+        deadline = time.monotonic() + 10
+        while not (events and events[-1].finished):
+            assert time.monotonic() < deadline, "the cancelled request did not end"
+            time.sleep(0.01)
+        assert events[-1].finish_reason == "cancelled"
+    finally:
+        loop.stop()
