@@ -8,11 +8,12 @@ Secret (``--key-env MAAS_TRITON_KEY``), and without ``--log-file`` it writes tri
 
 * **Self-healing.** A killed Python-backend stub is a silent outage: tritonserver keeps answering readiness with
   200 while every request to the model fails ``Stub process ... is not healthy``. Every ``--interval`` seconds the
-  supervisor sends each model its deep health probe (``scripts/serving/health.py``), and more probes to a model
-  one of whose instances has no stub process left (a lone probe may only meet the live instances); a model whose
-  probe finds a dead stub, or that fails 3 probes in a row, is reloaded with fresh instances through the
-  repository API on loopback, with the access key (an ensemble: the models it is made of). Requests that fail
-  meanwhile are retried by ``scripts/serving/client.py``.
+  supervisor looks for each instance's stub process and probes a model one of whose instances has none (a lone
+  probe may only meet the live instances); every ``DEEP_PROBE_S`` it sends each model its deep health probe
+  (``scripts/serving/health.py``), a real inference, which at every second cost an idle server ~0.1 of a core. A
+  model whose probe finds a dead stub, or that fails 3 deep probes in a row, is reloaded with fresh instances
+  through the repository API on loopback, with the access key (an ensemble: the models it is made of). Requests
+  that fail meanwhile are retried by ``scripts/serving/client.py``.
 * **Bounded logs.** tritonserver's output goes to ``--log-file``, rotated at 20 MB with 3 old files kept.
 * **Stopping.** SIGTERM or SIGINT stops tritonserver (SIGTERM to it alone: it shuts its stubs down itself) and
   then the supervisor. When tritonserver exits by itself the supervisor exits with its code, for the container's
@@ -44,7 +45,8 @@ from scripts.serving.processes import triton_stub_commands
 from scripts.serving.triton_server import TritonPorts, triton_command, triton_environment
 
 LOG_BYTES, LOG_BACKUPS = 20 * 2**20, 3
-PERSISTENT_FAILURES = 3  # probes in a row before a model that is not known dead is reloaded
+PERSISTENT_FAILURES = 3  # deep probes in a row before a model that is not known dead is reloaded
+DEEP_PROBE_S = 10.0  # every model's deep probe at most this often; the stub processes are looked for every interval
 SUSPECT_PROBES = 8  # more probes a check sends a model with an instance's stub process gone, to meet that instance
 log = logging.getLogger("maas.triton_supervisor")
 
@@ -78,8 +80,9 @@ class Healer:
         self.failures: dict[str, int] = {}  # consecutive failed probes per model
         self.probes = triton_probes(repository)  # read once: the repository does not change under a running server
 
-    def check(self) -> None:
+    def check(self, deep: bool = True) -> None:
         """A dead stub is reloaded at once; any other failure (a timeout under load...) only when it persists.
+        ``deep``: probe every model too, not only those with an instance's stub process gone.
 
         A model with an instance whose stub process is gone gets up to ``SUSPECT_PROBES`` more probes, until one
         lands on that instance: the reload waits for Triton itself to report the stub unhealthy, since unloading
@@ -87,7 +90,8 @@ class Healer:
         """
         headers = self.access.inference_headers()
         reloaded = set()
-        for result in triton_health(self.url, headers=headers, probes=self.probes):
+        results = triton_health(self.url, headers=headers, probes=self.probes) if deep else []
+        for result in results:
             failures = self.failures[result.model] = 0 if result.ok else self.failures.get(result.model, 0) + 1
             if failures and ("is not healthy" in result.detail or failures >= PERSISTENT_FAILURES):
                 log.warning("%s failed its health probe (%s); reloading it", result.model, result.detail)
@@ -168,13 +172,16 @@ def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_fi
     pump = threading.Thread(target=pump_log, args=(server.stdout, log_file), daemon=True)
     pump.start()
     log.info("tritonserver started (pid %d)", server.pid)
-    healer, serving = Healer(repository, ports, access, server.pid), False
+    healer, serving, probed = Healer(repository, ports, access, server.pid), False, float("-inf")
     try:
         while not stopping.wait(interval or 1.0) and server.poll() is None:
             serving = serving or ready(healer.url)  # models are loading until the server first says ready
             if serving and interval:
+                deep = time.monotonic() - probed >= DEEP_PROBE_S
+                if deep:
+                    probed = time.monotonic()
                 try:
-                    healer.check()
+                    healer.check(deep)
                 except Exception:  # a fault of the check itself must not take the server down with it
                     log.exception("health check failed; trying again in %.0fs", interval)
     finally:

@@ -74,3 +74,12 @@ def test_healthy_models_are_probed_once_and_never_reloaded(healer_with):
     for _ in range(3):
         healer.check()
     assert healer.reloads == [] and healer.probed == ["digits", "sentiment"] * 3
+
+
+def test_between_deep_probes_only_a_model_with_a_stub_gone_is_probed(healer_with):
+    healer = healer_with({}, {})
+    healer.check(deep=False)  # every stub running: no inference at all
+    assert healer.probed == [] and healer.reloads == []
+    healer = healer_with({"digits": [DEAD]}, {"digits": ["digits_0_0"]})
+    healer.check(deep=False)  # a stub gone is still found within the interval, and its model reloaded
+    assert healer.probed == ["digits"] and healer.reloads == ["digits"]
