@@ -59,7 +59,7 @@ class Mailbox:
 
     def take(self, timeout: float | None = None) -> list[Event]:
         """Everything waiting, oldest request first; waits up to ``timeout`` for something (``[]`` if nothing came,
-        or once closed)."""
+        once closed, or when ``wake`` was called)."""
         with self._cond:
             if not self._waiting and not self._closed and not self._woken:
                 self._cond.wait(timeout)
