@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from handlers.errors import InternalError, InvalidInput, ServingError, as_serving_error
+from handlers.generation import cores
 from handlers.generation.loop import EngineLoop
 from handlers.generation.mailbox import Mailbox
 from handlers.generation.metrics import GenerationMetrics, StepMetrics, combine, publish_torchserve
@@ -129,6 +130,7 @@ class GenerationHandler:
         engine = self.service.engine
         self.card = ModelCard(context.model_name, engine.tokenizer, engine.max_context, self.service.max_tokens_limit)
         self.version = served_version(context)
+        cores.share_interpreter()  # this process serves the one model: see cores.py
         self.loop = EngineLoop(engine, name=f"engine-{context.model_name}", on_step=self.after_step,
                                pace=lambda: self.mailbox.wait_room(STEPS_AHEAD),
                                bind_cores=bool(self.service.manifest.serving.bind_cores))  # fmt: skip

@@ -24,6 +24,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from handlers.errors import InternalError, InvalidInput, ServingError, as_serving_error
+from handlers.generation import cores
 from handlers.generation.loop import EngineLoop
 from handlers.generation.metrics import (
     FINISH_REASONS,
@@ -52,6 +53,7 @@ class TritonPythonModel:
         published = TritonMetrics(args["model_name"], str(args["model_version"]))
         self.publisher = Publisher(published.publish, name=f"metrics-{args['model_name']}",
                                    interval_s=self.service.manifest.serving.metrics_interval_s)  # fmt: skip
+        cores.share_interpreter()  # this process serves the one model: see cores.py
         bind = bool(self.service.manifest.serving.bind_cores)
         self.loop = EngineLoop(self.service.engine, name=f"engine-{args['model_name']}", on_step=self.record_metrics,
                                deliver_apart=True, bind_cores=bind)  # fmt: skip
