@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,16 @@ from tests.fixtures.hf import ARCHITECTURES as HF_ARCHITECTURES
 from tests.fixtures.image_import import FILES as IMAGE_FILES
 from tests.fixtures.lm import KINDS as LM_KINDS
 from tests.fixtures.tabular import CASES as TABULAR
+
+
+def wait_for_lines(path, text: str, timeout: float = 120) -> list[str]:
+    """The log's lines holding ``text``, once there is one (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if text in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
 
 
 def pytest_collection_modifyitems(items):

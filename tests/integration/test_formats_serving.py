@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 
 import httpx
 import numpy as np
@@ -19,7 +18,7 @@ from handlers.tasks import load_pipeline
 from scripts.serving.keys import bearer
 from scripts.serving.samples import digit_png, triton_bytes_input
 from scripts.serving.worker_env import torchserve_env
-from tests.integration.conftest import SERVED_ENSEMBLES, SERVED_EXPORTS
+from tests.integration.conftest import SERVED_ENSEMBLES, SERVED_EXPORTS, wait_for_lines
 
 pytestmark = pytest.mark.models(
     *(f"{n}_{f}" for n, f in SERVED_EXPORTS), *(f"{n}_ensemble" for n, _ in SERVED_ENSEMBLES)
@@ -128,13 +127,3 @@ def test_torchserve_workers_spin_briefly_and_triton_stubs_keep_the_default(torch
         kind = "torchserve" if server is torchserve else "triton"
         assert workers, f"no {marker} process under {kind}"
         assert {p.environ().get("GOMP_SPINCOUNT") for p in workers} == {expected[kind]}, kind
-
-
-def wait_for_lines(path, text: str, timeout: float = 120) -> list[str]:
-    """The log's lines holding ``text``, once there is one (or the timeout passed)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if text in line]
-        if lines or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.5)
