@@ -177,9 +177,9 @@ def supervise(repository: Path, ports: TritonPorts, access: TritonAccess, log_fi
         while not stopping.wait(interval or 1.0) and server.poll() is None:
             serving = serving or ready(healer.url)  # models are loading until the server first says ready
             if serving and interval:
-                deep = time.monotonic() - probed >= DEEP_PROBE_S
-                if deep:
-                    probed = time.monotonic()
+                now = time.monotonic()
+                deep = now - probed >= DEEP_PROBE_S
+                probed = now if deep else probed
                 try:
                     healer.check(deep)
                 except Exception:  # a fault of the check itself must not take the server down with it

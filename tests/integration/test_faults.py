@@ -80,10 +80,11 @@ def test_soak_with_a_worker_and_a_stub_killed_loses_nothing(private):
     # other instance may answer meanwhile (digits runs two), so the supervisor probes more once the stub is gone.
     assert "digits_0_0" in triton_kill["killed"] and triton_kill["recovery_s"] < 120, report
     # The other instance answers while the killed one reloads, so the soak may end before the reload does.
-    supervisor_log = private[0] / "triton.supervisor.log"
-    assert wait_for_lines(supervisor_log, "digits reloaded in", timeout=60), supervisor_log.read_text()
-    assert "reloading it" in supervisor_log.read_text()
-    assert "sentiment reloaded" not in supervisor_log.read_text()  # only what was killed
+    log_path = private[0] / "triton.supervisor.log"
+    reloaded = wait_for_lines(log_path, "digits reloaded in", timeout=60)
+    supervisor_log = log_path.read_text()
+    assert reloaded and "reloading it" in supervisor_log, supervisor_log
+    assert "sentiment reloaded" not in supervisor_log  # only what was killed
 
 
 # ---- access control --------------------------------------------------------------------------------------
