@@ -70,7 +70,8 @@ def share_interpreter() -> None:
 
     The engine thread lets the lock go inside each operator and takes it back after; the thread that hands out the
     chunks (TorchServe's ``handle``, Triton's delivery) runs stretches of pure Python meanwhile, and the engine could
-    wait for a whole stretch (up to 5 ms). Measured at 16 streams (reports/ab/generate-switch-interval.md, 7
-    interleaved rounds per server): tokens/s +3% at the median on both servers, ahead in 6 of 7 rounds on
-    TorchServe and 5 of 7 on Triton; single streams no different beyond the noise."""
+    wait for a whole stretch (up to 5 ms). Measured at 16 streams (reports/ab/generate-switch-interval.md, 10
+    interleaved rounds per server): tokens/s +3% at the median on both servers, ahead in 8 of 10 rounds on
+    TorchServe and 7 of 10 on Triton. Single streams: no difference on TorchServe; on Triton behind in 5 of 7
+    rounds (median 0.96x), within the noise of so few requests."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
